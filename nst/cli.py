@@ -1,0 +1,82 @@
+"""The ``nst`` command: one entry point, one subcommand per task.
+
+Each subcommand lives in the module that owns the work and exposes two
+functions, ``add_arguments(parser)`` and ``run(args) -> int``.  Modules are
+imported only when their subcommand runs, so ``nst --help`` is instant.
+
+Errors: an :class:`nst.errors.NSTError` is printed as one line
+(``nst <command>: error: <message>``) and the command exits with status 2;
+``--debug`` shows the full traceback instead.
+"""
+
+import argparse
+import importlib
+import sys
+
+from .errors import NSTError
+
+# name -> (module, one-line help).  Order is the order of ``nst --help``.
+COMMANDS = {
+    "demo": ("train.demo", "run NST end to end on scikit-learn's digits (the README's first command)"),
+    "train": ("train.cli", "train a teacher, a student or a distilled student from a config file"),
+    "data": ("train.download", "download and verify the CIFAR-10 / CIFAR-100 archives"),
+    "bench": ("benchmarks.bench", "benchmarks: transfer-loss cost against the original formulation"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="nst",
+        description="Neuron Selectivity Transfer (Huang & Wang, 2017) and related "
+                    "knowledge-transfer methods in MXNet/Gluon.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def _command_parser(name):
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog="nst " + name, description=help_text)
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks instead of one-line errors")
+    module.add_arguments(parser)
+    return module, parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    top = build_parser()
+    # Split "nst [--debug] COMMAND args..." by hand so that each command owns
+    # its full argument parser (and its --help).
+    rest = [a for a in argv if a != "--debug"]
+    if not rest or rest[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if rest else 1
+    name = rest[0]
+    if name not in COMMANDS:
+        print("nst: error: unknown command %r; choose one of: %s"
+              % (name, ", ".join(COMMANDS)), file=sys.stderr)
+        return 2
+    try:
+        module, parser = _command_parser(name)
+        args = parser.parse_args(rest[1:])
+        args.debug = debug or args.debug
+        code = module.run(args)
+        return int(code or 0)
+    except NSTError as err:
+        if debug:
+            raise
+        print("nst %s: error: %s" % (name, err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("nst %s: interrupted" % name, file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -19,7 +19,11 @@ from .errors import NSTError
 COMMANDS = {
     "demo": ("train.demo", "run NST end to end on scikit-learn's digits (the README's first command)"),
     "train": ("train.cli", "train a teacher, a student or a distilled student from a config file"),
+    "table": ("train.experiments", "train every row of a paper table and print it beside the paper"),
+    "launch": ("train.launch", "start a dist_sync job's scheduler, servers and workers on this machine"),
     "data": ("train.download", "download and verify the CIFAR-10 / CIFAR-100 archives"),
+    "detect": ("detection.cli", "Faster R-CNN on VOC with a distilled Inception-BN backbone"),
+    "voc-eval": ("tools.voc_eval", "VOC07 11-point / VOC10 AUC mAP of detections against VOC annotations"),
     "bench": ("benchmarks.bench", "benchmarks: transfer-loss cost against the original formulation"),
 }
 

@@ -1,0 +1,125 @@
+"""Config files: safe YAML, schema validation, extends and overrides."""
+
+import os
+import re
+
+import pytest
+import yaml
+
+from nst.errors import NSTError
+from train.config import load_config, validate_config
+from train.experiments import CONFIG_DIR, load_tables, row_config, table_spec
+
+MINIMAL = {"name": "x", "epochs": 1, "data": {"dataset": "digits"},
+           "student": {"network": "inception_bn_small"}}
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_defaults_are_filled(tmp_path):
+    cfg = load_config(write(tmp_path / "c.yaml", MINIMAL))
+    assert cfg["optimizer"] == {"name": "nag", "lr": 0.2, "momentum": 0.9, "wd": 1e-4,
+                                "lr_steps": [], "lr_factor": 0.1}
+    assert cfg["data"]["batch_size"] == 128 and cfg["teacher"] is None
+    assert cfg["out"] == os.path.join("runs", "x")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epoch": 3}, "unknown key 'epoch' (did you mean 'epochs'?)"),
+    ({"data": {"dataset": "digits", "batchsize": 3}}, "unknown key 'data.batchsize'"),
+    ({"epochs": "ten"}, "key 'epochs' must be an integer"),
+    ({"optimizer": {"lr": "fast"}}, "key 'optimizer.lr' must be"),
+    ({"data": {"dataset": "digits", "augment": "yes"}}, "must be true/false"),
+    ({"transfer": [{"loss": "kd", "student": "logits", "teacher": "logits"}]},
+     "there is no 'teacher' section"),
+    ({"transfer": [{"loss": "kd", "student": "logits"}],
+      "teacher": {"network": "a", "checkpoint": "b"}}, "missing required key 'transfer[0].teacher'"),
+    ({"optimizer": {"lr_steps": [0]}}, "lr_steps"),
+    ({"epochs": 0}, "at least 1"),
+])
+def test_bad_configs_give_one_clear_error(tmp_path, change, message):
+    data = dict(MINIMAL)
+    data.update(change)
+    with pytest.raises(NSTError, match=re.escape(message)):
+        load_config(write(tmp_path / "c.yaml", data))
+
+
+def test_python_tags_are_refused_without_running_anything(tmp_path):
+    marker = tmp_path / "pwned"
+    text = "name: !!python/object/apply:os.system ['touch %s']\nepochs: 1\n" % marker
+    with pytest.raises(NSTError, match="not valid YAML"):
+        load_config(write(tmp_path / "c.yaml", text))
+    assert not marker.exists()
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(NSTError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(NSTError, match="mapping"):
+        load_config(write(tmp_path / "c.yaml", "- a\n- b\n"))
+
+
+def test_extends_merges_and_overrides_apply(tmp_path):
+    write(tmp_path / "base.yaml", dict(MINIMAL, optimizer={"lr": 0.5, "lr_steps": [2]}))
+    child = write(tmp_path / "child.yaml", {"extends": "base.yaml", "name": "child",
+                                            "optimizer": {"lr": 0.1}})
+    cfg = load_config(child, overrides=["epochs=7", "data.batch_size=16"])
+    assert cfg["name"] == "child" and cfg["epochs"] == 7
+    assert cfg["optimizer"]["lr"] == 0.1 and cfg["optimizer"]["lr_steps"] == [2]
+    assert cfg["data"]["batch_size"] == 16
+    with pytest.raises(NSTError, match="key=value"):
+        load_config(child, overrides=["epochs"])
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    write(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    write(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(NSTError, match="extends itself"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_every_shipped_config_is_valid():
+    paths = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.name != "tables.yaml")
+    assert len(paths) >= 20
+    for path in paths:
+        cfg = load_config(str(path))
+        for entry in cfg["transfer"]:
+            assert entry["student"] and entry["teacher"]
+
+
+def test_paper_configs_follow_the_paper():
+    kd_nst = load_config(str(CONFIG_DIR / "cifar10" / "kd_nst.yaml"))
+    assert kd_nst["optimizer"] == {"name": "nag", "lr": 0.2, "momentum": 0.9, "wd": 1e-4,
+                                   "lr_steps": [200, 300], "lr_factor": 0.1}
+    assert kd_nst["epochs"] == 400 and kd_nst["data"]["batch_size"] == 128
+    assert [(t["loss"], t["weight"]) for t in kd_nst["transfer"]] == [("kd", 16), ("nst_poly", 25)]
+    assert kd_nst["student"]["network"] == "inception_bn_small"
+    assert kd_nst["teacher"]["network"] == "preact_resnet1001_cifar"
+    c100 = load_config(str(CONFIG_DIR / "cifar100" / "nst_gaussian.yaml"))
+    assert c100["data"]["dataset"] == "cifar100"
+    assert c100["teacher"]["checkpoint"] == "runs/cifar100/teacher/student.params"
+    assert c100["transfer"][0]["weight"] == 50
+
+
+def test_tables_reference_existing_configs_and_quick_rows_are_valid():
+    tables = load_tables()
+    for name, spec in tables.items():
+        for dataset in spec["datasets"]:
+            for row in spec["rows"]:
+                cfg = row_config(spec, row, dataset, "runs/x", quick=True)
+                if cfg["teacher"] is not None:
+                    assert cfg["teacher"]["checkpoint"].startswith(os.path.join("runs/x"))
+    spec = table_spec("table1")
+    cfg = row_config(spec, spec["rows"][1], "cifar10", "out", data_root="d", quick=True)
+    assert cfg["epochs"] == 3 and cfg["student"]["params"] == {"width": 0.25}
+    assert cfg["data"]["root"] == "d" and cfg["out"] == os.path.join("out", "cifar10", "kd")
+    with pytest.raises(NSTError, match="unknown table"):
+        table_spec("table9")
+
+
+def test_validate_config_rejects_non_mapping_section():
+    with pytest.raises(NSTError, match="must be a mapping"):
+        validate_config(dict(MINIMAL, data=[1, 2]))

@@ -1,0 +1,268 @@
+"""The distillation trainer end to end on the genuine CIFAR-10 subset.
+
+Tiny networks (ResNet-11 at quarter width as teacher, Inception-BN-small at
+1/8 width as student) and a few hundred images keep every run to seconds.
+"""
+
+import json
+import os
+import re
+
+import mxnet as mx
+import numpy as np
+import pytest
+import yaml
+
+import symbols
+from nst.cli import main as nst_main
+from nst.errors import NSTError
+from train import checkpoint as ckpt
+from train.config import load_config
+from train.devices import parse_contexts
+from train.trainer import Distiller
+
+TEACHER = {"network": "preact_resnet11_cifar", "params": {"width": 0.25}}
+STUDENT = {"network": "inception_bn_small", "params": {"width": 0.125}}
+
+
+def base_config(root, out, **extra):
+    cfg = {"name": "t", "out": str(out), "seed": 3, "epochs": 2,
+           "data": {"dataset": "cifar10", "root": str(root), "batch_size": 32,
+                    "train_limit": 192, "test_limit": 64, "test_batch_size": 64},
+           "student": dict(STUDENT),
+           "optimizer": {"lr": 0.05, "lr_steps": [1]},
+           "train": {"log_interval": 2}}
+    cfg.update(extra)
+    return cfg
+
+
+def write_config(path, cfg):
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(cifar_root, tmp_path_factory):
+    """A teacher trained by the same trainer (one epoch), as a plain .params file."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = base_config(cifar_root, out, epochs=1, student=dict(TEACHER), name="teacher")
+    path = write_config(out / "teacher.yaml", cfg)
+    assert nst_main(["train", path, "--no-progress"]) == 0
+    return str(out / "student.params")
+
+
+def distill_config(root, out, teacher_checkpoint, **extra):
+    cfg = base_config(root, out, **extra)
+    cfg["teacher"] = dict(TEACHER, checkpoint=teacher_checkpoint)
+    cfg.setdefault("transfer", [
+        {"loss": "kd", "weight": 16, "student": "logits", "teacher": "logits"},
+        {"loss": "nst_poly", "weight": 25, "student": "in5b_bn", "teacher": "stage3"},
+    ])
+    return cfg
+
+
+def params_of(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(path).items()}
+
+
+def run(cfg, cpus=1, resume=False):
+    return Distiller(load_config_dict(cfg), parse_contexts(cpus=cpus), progress=False,
+                     log=lambda *_: None).fit(resume=resume)
+
+
+def load_config_dict(cfg):
+    from train.config import validate_config
+    return validate_config(cfg)
+
+
+def test_two_epoch_distillation_on_two_contexts(cifar_root, teacher_checkpoint, tmp_path):
+    out = tmp_path / "kd_nst"
+    cfg = distill_config(cifar_root, out, teacher_checkpoint)
+    result = run(cfg, cpus=2)
+    log = json.loads((out / "log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2]
+    for record in log:
+        for key in ("train_top1_err", "test_top1_err", "loss_ce", "loss_kd", "loss_nst_poly",
+                    "loss_total", "images_per_s", "lr"):
+            assert key in record and np.isfinite(record[key]), key
+        assert record["loss_nst_poly"] > 0
+        total = record["loss_ce"] + 16 * record["loss_kd"] + 25 * record["loss_nst_poly"]
+        assert record["loss_total"] == pytest.approx(total, rel=1e-6)
+    assert log[0]["lr"] == pytest.approx(0.05) and log[1]["lr"] == pytest.approx(0.005)
+    assert "train_top5_err" not in log[0]  # CIFAR-10: top-1 only
+    csv = (out / "log.csv").read_text().splitlines()
+    assert len(csv) == 3 and "loss_nst_poly" in csv[0]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["test_top1_err"] == log[-1]["test_top1_err"]
+    # the exported student is a plain Gluon parameter file of the student alone
+    net = symbols.get_model("inception_bn_small", classes=10, width=0.125)
+    net.load_parameters(str(out / "student.params"))
+    manifest = ckpt.read_manifest(str(out))
+    assert manifest["epoch"] == 2 and manifest["step_in_epoch"] == 0
+    assert manifest["global_step"] == 2 * (192 // 32)
+
+
+def test_teacher_is_frozen(cifar_root, teacher_checkpoint, tmp_path):
+    before = params_of(teacher_checkpoint)
+    cfg = distill_config(cifar_root, tmp_path / "run", teacher_checkpoint, epochs=1)
+    distiller = Distiller(load_config_dict(cfg), parse_contexts(), progress=False,
+                          log=lambda *_: None)
+    distiller.fit()
+    teacher = {k: v.data().asnumpy() for k, v in
+               distiller.teacher._collect_params_with_prefix().items()}
+    assert set(teacher) == set(before)
+    for key, value in before.items():
+        np.testing.assert_array_equal(teacher[key], value)
+
+
+def test_fitnet_regressor_trains_but_is_not_exported(cifar_root, teacher_checkpoint, tmp_path):
+    out = tmp_path / "fitnet"
+    cfg = distill_config(cifar_root, out, teacher_checkpoint, epochs=1, transfer=[
+        {"loss": "fitnet", "weight": 100, "student": "in5b_bn", "teacher": "stage3"}])
+    run(cfg)
+    manifest = ckpt.read_manifest(str(out))
+    assert "transfer0" in manifest["files"]
+    exported = set(mx.nd.load(str(out / "student.params")))
+    net = symbols.get_model("inception_bn_small", classes=10, width=0.125)
+    assert exported == set(net._collect_params_with_prefix())
+
+
+def test_resume_after_epoch_boundary_equals_uninterrupted(cifar_root, teacher_checkpoint,
+                                                          tmp_path):
+    full = distill_config(cifar_root, tmp_path / "full", teacher_checkpoint)
+    run(full)
+    part = distill_config(cifar_root, tmp_path / "part", teacher_checkpoint)
+    run(dict(part, epochs=1))
+    run(part, resume=True)
+    a = params_of(str(tmp_path / "full" / "student.params"))
+    b = params_of(str(tmp_path / "part" / "student.params"))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    log = json.loads((tmp_path / "part" / "log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+def test_resume_mid_epoch_after_signal_equals_uninterrupted(cifar_root, teacher_checkpoint,
+                                                            tmp_path, monkeypatch):
+    full = distill_config(cifar_root, tmp_path / "full", teacher_checkpoint)
+    run(full)
+    part_cfg = distill_config(cifar_root, tmp_path / "part", teacher_checkpoint)
+    distiller = Distiller(load_config_dict(part_cfg), parse_contexts(), progress=False,
+                          log=lambda *_: None)
+    original = distiller.trainer.step
+    calls = {"n": 0}
+
+    def step_then_signal(batch_size):
+        original(batch_size)
+        calls["n"] += 1
+        if calls["n"] == 9:  # epoch 2, step 3: as if SIGTERM arrived
+            distiller._stop_signal = 15
+
+    monkeypatch.setattr(distiller.trainer, "step", step_then_signal)
+    assert distiller.fit() is None
+    manifest = ckpt.read_manifest(str(tmp_path / "part"))
+    assert (manifest["epoch"], manifest["step_in_epoch"]) == (1, 3)
+    run(part_cfg, resume=True)
+    a = params_of(str(tmp_path / "full" / "student.params"))
+    b = params_of(str(tmp_path / "part" / "student.params"))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    log_a = json.loads((tmp_path / "full" / "log.json").read_text())
+    log_b = json.loads((tmp_path / "part" / "log.json").read_text())
+    assert [r["epoch"] for r in log_b] == [1, 2]
+    assert log_b[1]["train_top1_err"] == pytest.approx(log_a[1]["train_top1_err"])
+    assert log_b[1]["loss_total"] == pytest.approx(log_a[1]["loss_total"], rel=1e-5)
+
+
+def test_existing_run_is_not_overwritten_without_resume(cifar_root, teacher_checkpoint,
+                                                        tmp_path, capsys):
+    cfg = base_config(cifar_root, tmp_path / "s", epochs=1)
+    path = write_config(tmp_path / "s.yaml", cfg)
+    assert nst_main(["train", path, "--no-progress"]) == 0
+    before = (tmp_path / "s" / "student.params").read_bytes()
+    assert nst_main(["train", path, "--no-progress"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert (tmp_path / "s" / "student.params").read_bytes() == before
+
+
+def _expect_error(capsys, argv, pattern):
+    code = nst_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda c: c["data"].update(root="/nonexistent/data"), "nst data cifar10"),
+    (lambda c: c["teacher"].update(network="preact_resnet20_cifar"), "does not match network"),
+    (lambda c: c["teacher"].update(checkpoint="/nonexistent/t.params"), "does not exist"),
+    (lambda c: c["transfer"][1].update(student="in9z"), "in9z"),
+    (lambda c: c["transfer"][1].update(teacher="stage7"), "stage7"),
+    (lambda c: c["transfer"][1].update(loss="mmd_magic"), "mmd_magic"),
+    (lambda c: c["data"].update(dataset="imagenet21k"), "unknown dataset"),
+    (lambda c: c["student"].update(network="resnet5000"), "resnet5000"),
+])
+def test_bad_inputs_give_one_clear_error(cifar_root, teacher_checkpoint, tmp_path, capsys,
+                                         change, pattern):
+    cfg = distill_config(cifar_root, tmp_path / "bad", teacher_checkpoint, epochs=1)
+    change(cfg)
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    _expect_error(capsys, ["train", path, "--no-progress"], pattern)
+
+
+def test_kd_with_different_class_counts_is_refused(cifar_root, teacher_checkpoint, tmp_path,
+                                                   capsys):
+    # a 100-class teacher checkpoint for a 10-class student
+    teacher = symbols.get_model(TEACHER["network"], classes=100, **TEACHER["params"])
+    teacher.initialize()
+    teacher(mx.nd.zeros((1, 3, 32, 32)))
+    t100 = str(tmp_path / "t100.params")
+    teacher.save_parameters(t100)
+    cfg = distill_config(cifar_root, tmp_path / "bad", t100, epochs=1)
+    path = write_config(tmp_path / "bad.yaml", cfg)
+    _expect_error(capsys, ["train", path, "--no-progress"], "does not match|classes")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cifar_root, teacher_checkpoint,
+                                                       tmp_path, capsys):
+    out = tmp_path / "nan"
+    cfg = distill_config(cifar_root, out, teacher_checkpoint, epochs=1)
+    path = write_config(tmp_path / "nan.yaml", cfg)
+    assert nst_main(["train", path, "--no-progress"]) == 0
+    good = ckpt.read_manifest(str(out))
+    good_student = (out / good["files"]["student"]).read_bytes()
+    # continue with an absurd NST weight: the gradients overflow in epoch 2
+    cfg.update(epochs=3)
+    cfg["transfer"][1]["weight"] = 1e38
+    path = write_config(tmp_path / "nan.yaml", cfg)
+    code = nst_main(["train", path, "--no-progress", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(r"loss term '\w+' became (nan|inf|-inf) at step \d+ \(epoch 2, batch \d+\)",
+                     err), err
+    assert "last good checkpoint" in err
+    after = ckpt.read_manifest(str(out))
+    assert after["global_step"] == good["global_step"]
+    assert (out / after["files"]["student"]).read_bytes() == good_student
+
+
+def test_atomic_checkpoint_leaves_previous_on_failure(cifar_root, tmp_path, monkeypatch):
+    cfg = base_config(cifar_root, tmp_path / "a", epochs=1)
+    distiller = Distiller(load_config_dict(cfg), parse_contexts(), progress=False,
+                          log=lambda *_: None)
+    distiller.fit()
+    manifest = ckpt.read_manifest(str(tmp_path / "a"))
+
+    def broken(path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(distiller.trainer, "save_states", broken)
+    with pytest.raises(NSTError, match="No space left"):
+        distiller._save(5, 0, None)
+    assert ckpt.read_manifest(str(tmp_path / "a")) == manifest
+    leftovers = [n for n in os.listdir(tmp_path / "a" / "checkpoints") if n.startswith(".tmp")]
+    assert leftovers == []

@@ -1,0 +1,58 @@
+"""Plots a person would rather look at than read.
+
+:func:`plot_error_curves` draws the paper's Figs. 3 and 4: top-1 error against
+epoch for several runs on one axis, train error dashed and test error solid,
+one colour per run.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nst.io import atomic_path  # noqa: E402
+
+
+def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5), dpi=100):
+    """Save train (dashed) and test (solid) error curves of several runs as PNG.
+
+    Parameters
+    ----------
+    runs : dict
+        ``{label: history}`` where ``history`` is a run's ``log.json`` (a list
+        of per-epoch records with ``epoch``, ``train_<metric>`` and, on epochs
+        that were evaluated, ``test_<metric>``).
+    path : str
+        Output PNG, written atomically.
+    """
+    fig, ax = plt.subplots(figsize=size, dpi=dpi)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, history) in enumerate(runs.items()):
+        colour = colours[index % len(colours)]
+        train = [(r["epoch"], r["train_" + metric]) for r in history if "train_" + metric in r]
+        test = [(r["epoch"], r["test_" + metric]) for r in history if "test_" + metric in r]
+        if train:
+            ax.plot(*zip(*train), linestyle="--", color=colour, linewidth=1.2, alpha=0.8)
+        if test:
+            ax.plot(*zip(*test), linestyle="-", color=colour, linewidth=2.0, label=label)
+            ax.annotate("%.2f" % test[-1][1], xy=test[-1], fontsize=8, color=colour,
+                        xytext=(3, 0), textcoords="offset points", va="center")
+        elif train:
+            ax.plot([], [], linestyle="-", color=colour, label=label)
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3")]
+    labels += ["train (dashed)", "test (solid)"]
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.08)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("%s error (%%)" % metric.replace("_err", "").replace("top", "top-"))
+    ax.set_title(title or "train (dashed) and test (solid) error")
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,124 @@
+"""Checkpoints that survive a crash at any instant.
+
+A checkpoint is a set of files in ``<out>/checkpoints/`` plus one manifest,
+``<out>/checkpoint.json``, that names them.  Every file is written atomically
+(temporary file, fsync, rename, see :mod:`nst.io`) and the manifest is written
+last, so the manifest always points at a complete checkpoint: a run killed while
+writing leaves the previous checkpoint as the latest one.
+
+What a checkpoint holds: the student's parameters, the parameters of the
+transfer losses that learn (FitNet's regressor ...), the optimiser state
+(momentum buffers, update counts and the LR scheduler's position, through
+``gluon.Trainer.save_states``), the position in training (epoch and step within
+the epoch), the running sums of the epoch's metrics and the RNG state.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from nst.errors import NSTError
+from nst.io import atomic_path, write_json
+
+MANIFEST = "checkpoint.json"
+FOLDER = "checkpoints"
+
+
+def manifest_path(out_dir):
+    return os.path.join(out_dir, MANIFEST)
+
+
+def read_manifest(out_dir):
+    """The latest checkpoint's manifest, or None when the run has none."""
+    path = manifest_path(out_dir)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise NSTError("checkpoint manifest %s is unreadable (%s); delete it to start "
+                       "over or restore it from a backup" % (path, err)) from err
+    for key in ("epoch", "step_in_epoch", "global_step", "files"):
+        if key not in manifest:
+            raise NSTError("checkpoint manifest %s lacks %r; delete it to start over" % (path, key))
+    for rel in manifest["files"].values():
+        if rel and not os.path.exists(os.path.join(out_dir, rel)):
+            raise NSTError("checkpoint %s names %s, which is missing; restore it or delete "
+                           "the manifest to start over" % (path, rel))
+    return manifest
+
+
+def write_checkpoint(out_dir, tag, student, transfer_blocks, trainer, state, keep=2):
+    """Write one checkpoint; ``state`` is a JSON-able dict (epoch, step, metrics...)."""
+    folder = os.path.join(out_dir, FOLDER)
+    files = {}
+    student_rel = os.path.join(FOLDER, "%s-student.params" % tag)
+    with atomic_path(os.path.join(out_dir, student_rel)) as tmp:
+        student.save_parameters(tmp)
+    files["student"] = student_rel
+    for index, block in enumerate(transfer_blocks):
+        if not block.collect_params():
+            continue
+        rel = os.path.join(FOLDER, "%s-transfer%d.params" % (tag, index))
+        with atomic_path(os.path.join(out_dir, rel)) as tmp:
+            block.save_parameters(tmp)
+        files["transfer%d" % index] = rel
+    states_rel = os.path.join(FOLDER, "%s-trainer.states" % tag)
+    with atomic_path(os.path.join(out_dir, states_rel)) as tmp:
+        trainer.save_states(tmp)
+    files["trainer"] = states_rel
+    manifest = dict(state, files=files, tag=tag)
+    write_json(manifest_path(out_dir), manifest)
+    _prune(folder, keep_tags=_recent_tags(folder, tag, keep))
+    return manifest
+
+
+def load_checkpoint(out_dir, manifest, student, transfer_blocks, trainer, ctx):
+    """Load the files a manifest names into the student, losses and trainer."""
+    files = manifest["files"]
+    try:
+        student.load_parameters(os.path.join(out_dir, files["student"]), ctx=ctx)
+        for index, block in enumerate(transfer_blocks):
+            key = "transfer%d" % index
+            if key in files:
+                block.load_parameters(os.path.join(out_dir, files[key]), ctx=ctx)
+            elif block.collect_params():
+                raise NSTError("checkpoint has no parameters for transfer loss %d; the "
+                               "config's transfer losses changed since it was written" % index)
+        trainer.load_states(os.path.join(out_dir, files["trainer"]))
+    except NSTError:
+        raise
+    except Exception as err:  # MXNet raises AssertionError/MXNetError/ValueError
+        raise NSTError("cannot resume from %s: %s. The config must be the one the run "
+                       "started with (same networks and losses)"
+                       % (manifest_path(out_dir), str(err).splitlines()[0])) from err
+
+
+def numpy_rng_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def set_numpy_rng_state(state):
+    if state:
+        np.random.set_state((state[0], np.array(state[1], dtype=np.uint32), state[2],
+                             state[3], state[4]))
+
+
+def _recent_tags(folder, newest, keep):
+    tags = sorted({name.split("-")[0] for name in os.listdir(folder) if not name.startswith(".")})
+    tags = [t for t in tags if t <= newest]
+    return set(tags[-max(1, keep):]) | {newest}
+
+
+def _prune(folder, keep_tags):
+    for name in os.listdir(folder):
+        if name.startswith("."):
+            continue
+        if name.split("-")[0] not in keep_tags:
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass

@@ -1,0 +1,543 @@
+"""The distillation trainer: one loop for teachers, students and distilled students.
+
+It minimises Eq. 3 of the paper generalised to any set of transfer losses,
+
+    L(W_S) = H(y_true, p_S) + sum_k  lambda_k * L_k(student feature_k, teacher feature_k),
+
+where each ``L_k`` comes from :func:`train.losses.get_loss` and ``lambda_k`` is
+the config's ``weight`` (the paper's lambda/2 for NST).  The trainer knows
+nothing about individual methods: it asks each network for the named features
+the config lists (``logits`` is the network's output), hands them to the loss
+blocks, and trains the student's parameters together with any parameters the
+losses own (FitNet's regressor).  With no ``transfer`` entries it trains a
+plain network: that is how teachers and baseline students are trained.
+
+Optimiser: SGD with Nesterov momentum (MXNet's ``nag``), weight decay, and a
+step learning-rate schedule (``mx.lr_scheduler.MultiFactorScheduler``) whose
+steps are given in epochs.  Data parallel over a list of contexts through
+``gluon.Trainer`` and a kvstore (:mod:`train.devices`).
+
+Outputs in the run folder (``out``):
+
+- ``log.json`` / ``log.csv``: one record per epoch (errors, loss components,
+  images/s, learning rate), rewritten atomically every epoch;
+- ``checkpoint.json`` + ``checkpoints/``: the latest checkpoint
+  (:mod:`train.checkpoint`); ``--resume`` continues exactly from it;
+- ``student.params``: the final student as a plain Gluon parameter file
+  (``net.load_parameters``), without the losses' own parameters;
+- ``results.json`` and ``curves.png`` (train dashed, test solid).
+"""
+
+import os
+import signal
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+import symbols
+from nst.errors import NSTError
+from nst.io import write_json, write_text
+from train import checkpoint as ckpt
+from train import data as datasets
+from train.devices import create_kvstore
+from train.losses import get_loss
+
+LOGITS = "logits"
+_SYNC_KEY_BASE = 1 << 20  # kvstore keys for replica synchronisation (gradients use 0..n-1)
+
+
+class TransferTerm:
+    """One configured transfer loss: the block, its weight and its feature pair."""
+
+    def __init__(self, name, block, weight, student_index, teacher_index, label):
+        self.name = name
+        self.block = block
+        self.weight = float(weight)
+        self.student_index = student_index
+        self.teacher_index = teacher_index
+        self.label = label
+
+
+def _feature_requests(cfg):
+    """Unique feature names each network must return, in config order."""
+    student, teacher = [], []
+    for entry in cfg["transfer"]:
+        if entry["student"] != LOGITS and entry["student"] not in student:
+            student.append(entry["student"])
+        if entry["teacher"] != LOGITS and entry["teacher"] not in teacher:
+            teacher.append(entry["teacher"])
+    return student, teacher
+
+
+def _output_index(requested, name):
+    return 0 if name == LOGITS else 1 + requested.index(name)
+
+
+def _as_tuple(out):
+    return out if isinstance(out, (tuple, list)) else (out,)
+
+
+class Distiller:
+    """Train ``cfg['student']`` with cross-entropy plus ``cfg['transfer']``.
+
+    Parameters
+    ----------
+    cfg : dict
+        A validated config (:func:`train.config.load_config`).
+    contexts : list of mx.Context
+        Devices to split every batch over.
+    kvstore : str
+        ``device``, ``nccl``, ``local`` or ``dist_sync``.
+    progress : bool
+        Show tqdm progress bars.
+    """
+
+    def __init__(self, cfg, contexts, kvstore=None, progress=True, log=print):
+        self.cfg = cfg
+        self.ctx = list(contexts)
+        self.progress = progress
+        self.log = log
+        self.kv, self.rank, self.num_workers = create_kvstore(kvstore or cfg["train"]["kvstore"])
+        self.out = cfg["out"] if self.rank == 0 else os.path.join(cfg["out"], "worker%d" % self.rank)
+        self._stop_signal = None
+        self._sync_keys = set()
+
+        seed = cfg["seed"]
+        mx.random.seed(seed)
+        np.random.seed(seed)
+
+        self._load_data()
+        self._build_networks()
+        self._build_transfer()
+        self._build_trainer()
+
+    # ----------------------------------------------------------------- set-up
+    def _load_data(self):
+        dcfg = self.cfg["data"]
+        train_x, train_y = datasets.load_dataset(dcfg["dataset"], dcfg["root"], "train")
+        test_x, test_y = datasets.load_dataset(dcfg["dataset"], dcfg["root"], "test")
+        if dcfg["train_limit"]:
+            train_x, train_y = train_x[:dcfg["train_limit"]], train_y[:dcfg["train_limit"]]
+        if dcfg["test_limit"]:
+            test_x, test_y = test_x[:dcfg["test_limit"]], test_y[:dcfg["test_limit"]]
+        info = datasets.dataset_info(dcfg["dataset"])
+        self.classes = info["num_classes"]
+        if self.num_workers > 1:  # each worker reads its own shard
+            train_x = train_x[self.rank::self.num_workers]
+            train_y = train_y[self.rank::self.num_workers]
+        self.mean, self.std = info["mean"], info["std"]
+        batch = dcfg["batch_size"]
+        if batch % self.num_workers:
+            raise NSTError("data.batch_size %d is not divisible by the %d workers"
+                           % (batch, self.num_workers))
+        self.global_batch = batch
+        self.local_batch = batch // self.num_workers
+        if self.local_batch < len(self.ctx):
+            raise NSTError("data.batch_size %d gives fewer than one image per device "
+                           "(%d devices); raise the batch size" % (batch, len(self.ctx)))
+        if len(train_x) < self.local_batch:
+            raise NSTError("the training set has %d images, fewer than one batch of %d; "
+                           "lower data.batch_size" % (len(train_x), self.local_batch))
+        self.train_batches = datasets.ArrayBatches(
+            train_x, train_y, self.local_batch, shuffle=True, augment=dcfg["augment"],
+            seed=self.cfg["seed"] + 1000 * self.rank, mean=self.mean, std=self.std,
+            last_batch="discard", flip=dcfg["flip"])
+        self.test_batches = datasets.ArrayBatches(
+            test_x, test_y, dcfg["test_batch_size"], shuffle=False, augment=False,
+            seed=0, mean=self.mean, std=self.std, last_batch="keep")
+        self.image_shape = tuple(train_x.shape[1:])
+
+    def _build_networks(self):
+        cfg = self.cfg
+        self.student_features, self.teacher_features = _feature_requests(cfg)
+        scfg = cfg["student"]
+        self.student = symbols.get_model(scfg["network"], classes=self.classes,
+                                         features=self.student_features, **scfg["params"])
+        self.student.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in",
+                                               magnitude=2), ctx=self.ctx)
+        if scfg.get("checkpoint"):
+            self._load_params(self.student, scfg["checkpoint"], "student", scfg["network"],
+                              allow_missing=False)
+        self.student.hybridize(static_alloc=True, static_shape=True)
+
+        self.teacher = None
+        tcfg = cfg["teacher"]
+        if tcfg is not None:
+            self.teacher = symbols.get_model(tcfg["network"], classes=self.classes,
+                                             features=self.teacher_features, **tcfg["params"])
+            self._load_params(self.teacher, tcfg["checkpoint"], "teacher", tcfg["network"])
+            for param in self.teacher.collect_params().values():
+                param.grad_req = "null"
+            self.teacher.hybridize(static_alloc=True, static_shape=True)
+
+    def _load_params(self, net, path, role, network, allow_missing=False):
+        if not os.path.isfile(path):
+            raise NSTError("%s checkpoint %s does not exist; train the %s first (nst train "
+                           "CONFIG writes <out>/student.params) or fix %s.checkpoint"
+                           % (role, path, role, role))
+        try:
+            net.load_parameters(path, ctx=self.ctx, allow_missing=allow_missing)
+        except Exception as err:  # AssertionError / MXNetError on a mismatch
+            raise NSTError("%s checkpoint %s does not match network %r with %d classes (%s); "
+                           "use a checkpoint trained for this architecture or fix %s.network "
+                           "and %s.params" % (role, path, network, self.classes,
+                                              str(err).splitlines()[0][:300], role, role)) from err
+
+    def _probe_shapes(self):
+        """Per-sample shapes of every output of the student and teacher."""
+        probe = mx.nd.zeros((2, self.image_shape[2]) + self.image_shape[:2], ctx=self.ctx[0])
+        student_out = [o.shape[1:] for o in _as_tuple(self.student(probe))]
+        teacher_out = None
+        if self.teacher is not None:
+            teacher_out = [o.shape[1:] for o in _as_tuple(self.teacher(probe))]
+        return student_out, teacher_out
+
+    def _build_transfer(self):
+        student_shapes, teacher_shapes = self._probe_shapes()
+        self.terms = []
+        counts = {}
+        for entry in self.cfg["transfer"]:
+            s_index = _output_index(self.student_features, entry["student"])
+            t_index = _output_index(self.teacher_features, entry["teacher"])
+            block = get_loss(entry["loss"], student_shape=tuple(student_shapes[s_index]),
+                             teacher_shape=tuple(teacher_shapes[t_index]), **entry["params"])
+            weight = entry["weight"] if entry["weight"] is not None else block.default_weight
+            counts[entry["loss"]] = counts.get(entry["loss"], 0) + 1
+            label = entry["loss"] if counts[entry["loss"]] == 1 else \
+                "%s_%d" % (entry["loss"], counts[entry["loss"]])
+            block.initialize(mx.init.Xavier(magnitude=2), ctx=self.ctx)
+            block.hybridize(static_alloc=True, static_shape=True)
+            self.terms.append(TransferTerm(entry["loss"], block, weight, s_index, t_index, label))
+        self.ce = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def _build_trainer(self):
+        ocfg = self.cfg["optimizer"]
+        self.steps_per_epoch = len(self.train_batches)
+        steps = [epoch * self.steps_per_epoch for epoch in ocfg["lr_steps"]]
+        scheduler = None
+        if steps:
+            scheduler = mx.lr_scheduler.MultiFactorScheduler(
+                step=steps, factor=ocfg["lr_factor"], base_lr=ocfg["lr"])
+        params = gluon.ParameterDict()
+        params.update(self.student.collect_params())
+        for term in self.terms:
+            params.update(term.block.collect_params())
+        opt_params = {"learning_rate": ocfg["lr"], "wd": ocfg["wd"]}
+        if ocfg["name"] in ("nag", "sgd"):
+            opt_params["momentum"] = ocfg["momentum"]
+        if scheduler is not None:
+            opt_params["lr_scheduler"] = scheduler
+        try:
+            mx.optimizer.create(ocfg["name"], **opt_params)
+        except Exception as err:
+            raise NSTError("optimizer %r cannot be created (%s); use nag (the paper's) or sgd"
+                           % (ocfg["name"], err)) from err
+        update_on_kvstore = False if isinstance(self.kv, mx.kv.KVStore) else None
+        self.trainer = gluon.Trainer(params, ocfg["name"], opt_params, kvstore=self.kv,
+                                     update_on_kvstore=update_on_kvstore)
+
+    # --------------------------------------------------------------- training
+    def _forward_backward(self, data, label):
+        """One step's forward and backward on every device; no host sync."""
+        datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+        labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        teacher_outs = []
+        if self.teacher is not None:
+            for x in datas:  # inference mode, outside autograd: no graph is recorded
+                teacher_outs.append(_as_tuple(self.teacher(x)))
+        totals, components, logits_all = [], [], []
+        with autograd.record():
+            for i, (x, y) in enumerate(zip(datas, labels)):
+                outs = _as_tuple(self.student(x))
+                n = x.shape[0]
+                ce = self.ce(outs[0], y).sum()
+                comps = [ce]
+                total = ce
+                for term in self.terms:
+                    value = term.block(outs[term.student_index],
+                                       teacher_outs[i][term.teacher_index]).reshape((1,))
+                    comps.append(value * n)
+                    total = total + (term.weight * n) * value
+                totals.append(total)
+                components.append(mx.nd.concat(*[c.reshape((1,)) for c in comps], dim=0))
+                logits_all.append(outs[0])
+        autograd.backward(totals)
+        return components, logits_all, labels
+
+    def _correct_counts(self, logits, label):
+        """(top-1 correct, top-5 correct) for one device's part, on the device."""
+        label = label.astype("float32")
+        top1 = (mx.nd.argmax(logits, axis=1) == label).sum()
+        k = min(5, logits.shape[1])
+        topk = mx.nd.topk(logits, axis=1, k=k)
+        top5 = (topk == label.reshape((-1, 1))).sum()
+        return mx.nd.concat(top1.reshape((1,)), top5.reshape((1,)), dim=0)
+
+    def _synchronise_replicas(self):
+        """Make every replica of the student identical at an epoch's end.
+
+        Weights are identical already up to float rounding (every replica
+        applies the same summed gradient); BatchNorm running statistics are not
+        (each device normalises its own part of the batch).  Average both over
+        the devices and, under ``dist_sync``, over the workers, so evaluation,
+        checkpoints and every worker's exported student agree exactly.
+        """
+        params = [p for _, p in sorted(self.student._collect_params_with_prefix().items())]
+        distributed = isinstance(self.kv, mx.kv.KVStore) and self.num_workers > 1
+        for index, param in enumerate(params):
+            copies = param.list_data()
+            if len(copies) == 1 and not distributed:
+                continue
+            mean = mx.nd.add_n(*[c.as_in_context(copies[0].context) for c in copies])
+            scale = 1.0 / len(copies)
+            if distributed:
+                key = _SYNC_KEY_BASE + index
+                if key not in self._sync_keys:
+                    self.kv.init(key, mx.nd.zeros_like(mean))
+                    self._sync_keys.add(key)
+                self.kv.push(key, mean)
+                self.kv.pull(key, out=mean)
+                scale /= self.num_workers
+            mean *= scale
+            param.set_data(mean)
+
+    def component_names(self):
+        return ["ce"] + [term.label for term in self.terms]
+
+    def _check_finite(self, pending, epoch, first_step):
+        """Raise on the first non-finite loss among the steps since the last check."""
+        if not pending:
+            return None
+        values = mx.nd.stack(*[mx.nd.add_n(*[c.as_in_context(mx.cpu()) for c in step])
+                               for step in pending]).asnumpy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            step = first_step + int(row)
+            raise NSTError("loss term %r became %s at step %d (epoch %d, batch %d); the run "
+                           "stopped and the last good checkpoint %s was kept. Lower the "
+                           "learning rate or the weight of that term"
+                           % (self.component_names()[col], values[row, col], step, epoch + 1,
+                              step - epoch * self.steps_per_epoch + 1,
+                              ckpt.manifest_path(self.out)))
+        return values.sum(axis=0)
+
+    def evaluate(self, batches=None):
+        """Top-1/top-5 error and mean cross-entropy of the student on a data set."""
+        batches = batches or self.test_batches
+        top1 = mx.metric.Accuracy()
+        top5 = mx.metric.TopKAccuracy(top_k=min(5, self.classes))
+        ce = mx.metric.Loss()
+        for data, label in batches:
+            datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+            labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+            logits = [_as_tuple(self.student(x))[0] for x in datas]
+            top1.update(labels, logits)
+            top5.update(labels, logits)
+            ce.update(None, [self.ce(o, y) for o, y in zip(logits, labels)])
+        return {"top1_err": 100.0 * (1 - top1.get()[1]),
+                "top5_err": 100.0 * (1 - top5.get()[1]),
+                "ce": ce.get()[1]}
+
+    def _install_signal_handlers(self):
+        def handler(signum, _frame):
+            self._stop_signal = signum
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def fit(self, resume=False):
+        """Train to ``cfg['epochs']``; returns the results dict."""
+        cfg = self.cfg
+        os.makedirs(self.out, exist_ok=True)
+        manifest = ckpt.read_manifest(self.out)
+        history = self._read_log()
+        start_epoch, start_step, sums = 0, 0, None
+        if manifest is not None and not resume:
+            raise NSTError("%s already holds a run (checkpoint at epoch %d); pass --resume to "
+                           "continue it or choose another output folder with --out"
+                           % (self.out, manifest["epoch"]))
+        if manifest is not None:
+            ckpt.load_checkpoint(self.out, manifest, self.student,
+                                 [t.block for t in self.terms], self.trainer, self.ctx)
+            ckpt.set_numpy_rng_state(manifest.get("numpy_rng"))
+            start_epoch, start_step = manifest["epoch"], manifest["step_in_epoch"]
+            sums = manifest.get("epoch_sums")
+            history = [r for r in history if r["epoch"] <= start_epoch]
+            self.log("resuming %s at epoch %d, step %d" % (self.out, start_epoch + 1, start_step))
+        elif resume:
+            self.log("no checkpoint in %s; starting from scratch" % self.out)
+            history = []
+        else:
+            history = []
+        previous_handlers = self._install_signal_handlers()
+        try:
+            for epoch in range(start_epoch, cfg["epochs"]):
+                record = self._train_epoch(epoch, start_step if epoch == start_epoch else 0,
+                                           sums if epoch == start_epoch else None)
+                if record is None:  # interrupted by a signal: checkpoint written
+                    return None
+                history.append(record)
+                self._write_log(history)
+                self._save(epoch + 1, 0, None)
+        finally:
+            for sig, prev in previous_handlers.items():
+                signal.signal(sig, prev)
+        return self._finish(history)
+
+    def _train_epoch(self, epoch, start_step, sums):
+        cfg = self.cfg
+        names = self.component_names()
+        batches = self.train_batches.iter_epoch(epoch, start_step)
+        mx.random.seed(cfg["seed"] + epoch)
+        interval = max(1, cfg["train"]["log_interval"])
+        sums = dict(sums) if sums else {"components": [0.0] * len(names), "correct": [0.0, 0.0],
+                                          "images": 0, "seconds": 0.0}
+        pending, pending_correct = [], []
+        step_in_epoch = start_step
+        global_step = epoch * self.steps_per_epoch + start_step
+        first_pending = global_step
+        bar = _progress(total=self.steps_per_epoch, initial=start_step, enabled=self.progress,
+                        desc="epoch %d/%d" % (epoch + 1, cfg["epochs"]))
+        tic = time.time()
+        images = 0
+        for data, label in batches:
+            components, logits, labels = self._forward_backward(mx.nd.array(data),
+                                                                mx.nd.array(label))
+            self.trainer.step(self.global_batch)
+            pending.append(components)
+            pending_correct.extend(self._correct_counts(o, y) for o, y in zip(logits, labels))
+            images += data.shape[0]
+            step_in_epoch += 1
+            global_step += 1
+            bar.update(1)
+            if len(pending) >= interval or step_in_epoch == self.steps_per_epoch \
+                    or self._stop_signal:
+                totals = self._check_finite(pending, epoch, first_pending)
+                correct = mx.nd.add_n(*[c.as_in_context(mx.cpu()) for c in pending_correct])
+                sums["components"] = [a + float(b) for a, b in zip(sums["components"], totals)]
+                sums["correct"] = [a + float(b) for a, b in zip(sums["correct"], correct.asnumpy())]
+                sums["images"] += images
+                sums["seconds"] += time.time() - tic
+                tic, images = time.time(), 0
+                pending, pending_correct, first_pending = [], [], global_step
+                seen = max(1, sums["images"])
+                bar.set_postfix({n: "%.3g" % (v / seen) for n, v in zip(names, sums["components"])})
+                if self._stop_signal and step_in_epoch < self.steps_per_epoch:
+                    bar.close()
+                    self._save(epoch, step_in_epoch, sums)
+                    self.log("stopped by signal %d at epoch %d, step %d; checkpoint written, "
+                             "continue with --resume" % (self._stop_signal, epoch + 1,
+                                                         step_in_epoch))
+                    return None
+        bar.close()
+        self._synchronise_replicas()
+        seen = max(1, sums["images"])
+        record = {"epoch": epoch + 1, "lr": self.trainer.learning_rate,
+                  "train_top1_err": 100.0 * (1 - sums["correct"][0] / seen),
+                  "images_per_s": sums["images"] / max(sums["seconds"], 1e-9),
+                  "train_images": sums["images"]}
+        if self.classes > 10:
+            record["train_top5_err"] = 100.0 * (1 - sums["correct"][1] / seen)
+        weights = [1.0] + [t.weight for t in self.terms]
+        for name, value in zip(names, sums["components"]):
+            record["loss_" + name] = value / seen
+        record["loss_total"] = sum(w * v / seen for w, v in zip(weights, sums["components"]))
+        if (epoch + 1) % max(1, cfg["train"]["eval_every"]) == 0 or epoch + 1 == cfg["epochs"]:
+            test = self.evaluate()
+            record["test_top1_err"] = test["top1_err"]
+            if self.classes > 10:
+                record["test_top5_err"] = test["top5_err"]
+            record["test_ce"] = test["ce"]
+        self.log(_format_record(record))
+        return record
+
+    # ---------------------------------------------------------------- outputs
+    def _save(self, epoch, step_in_epoch, sums):
+        state = {"epoch": epoch, "step_in_epoch": step_in_epoch,
+                 "global_step": epoch * self.steps_per_epoch + step_in_epoch,
+                 "epoch_sums": sums, "numpy_rng": ckpt.numpy_rng_state(),
+                 "name": self.cfg["name"], "config": self.cfg}
+        tag = "step%09d" % state["global_step"]
+        ckpt.write_checkpoint(self.out, tag, self.student, [t.block for t in self.terms],
+                              self.trainer, state, keep=self.cfg["train"]["keep_checkpoints"])
+
+    def _log_path(self, ext):
+        return os.path.join(self.out, "log." + ext)
+
+    def _read_log(self):
+        import json
+        path = self._log_path("json")
+        if not os.path.exists(path):
+            return []
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return []
+
+    def _write_log(self, history):
+        write_json(self._log_path("json"), history)
+        keys = []
+        for record in history:
+            keys.extend(k for k in record if k not in keys)
+        lines = [",".join(keys)]
+        for record in history:
+            lines.append(",".join("" if record.get(k) is None else "%.6g" % record[k]
+                                  if isinstance(record.get(k), float) else str(record[k])
+                                  for k in keys))
+        write_text(self._log_path("csv"), "\n".join(lines) + "\n")
+
+    def _finish(self, history):
+        from nst.io import atomic_path
+        from tools.plots import plot_error_curves
+        final_path = os.path.join(self.out, "student.params")
+        with atomic_path(final_path) as tmp:
+            self.student.save_parameters(tmp)
+        last = history[-1]
+        results = {"name": self.cfg["name"], "epochs": last["epoch"],
+                   "test_top1_err": last.get("test_top1_err"),
+                   "test_top5_err": last.get("test_top5_err"),
+                   "train_top1_err": last.get("train_top1_err"),
+                   "student": self.cfg["student"]["network"],
+                   "teacher": (self.cfg["teacher"] or {}).get("network"),
+                   "transfer": [{"loss": t.name, "weight": t.weight} for t in self.terms],
+                   "student_params": final_path, "log": self._log_path("json")}
+        write_json(os.path.join(self.out, "results.json"), results)
+        plot_error_curves({self.cfg["name"]: history}, os.path.join(self.out, "curves.png"),
+                          title=self.cfg["name"])
+        return results
+
+
+def _format_record(record):
+    parts = ["epoch %d" % record["epoch"]]
+    for key in ("train_top1_err", "test_top1_err", "test_top5_err"):
+        if key in record:
+            parts.append("%s %.2f%%" % (key, record[key]))
+    parts.append("loss %.4g" % record["loss_total"])
+    parts.append("%.0f img/s" % record["images_per_s"])
+    return ", ".join(parts)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, values):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, initial, enabled, desc):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)

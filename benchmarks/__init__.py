@@ -1,0 +1,1 @@
+"""Benchmarks, run as ``nst bench WHAT`` (see :mod:`benchmarks.bench`)."""

@@ -11,6 +11,7 @@ Errors: an :class:`nst.errors.NSTError` is printed as one line
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import NSTError
@@ -24,6 +25,10 @@ COMMANDS = {
     "data": ("train.download", "download and verify the CIFAR-10 / CIFAR-100 archives"),
     "detect": ("detection.cli", "Faster R-CNN on VOC with a distilled Inception-BN backbone"),
     "voc-eval": ("tools.voc_eval", "VOC07 11-point / VOC10 AUC mAP of detections against VOC annotations"),
+    "tsne": ("tools.tsne", "t-SNE of teacher vs student neuron selectivity patterns (the paper's Fig. 5)"),
+    "heatmap": ("tools.heatmap", "activation heat maps of chosen channels over input images (Fig. 2)"),
+    "curves": ("tools.curves", "train (dashed) and test (solid) error curves of several runs (Figs. 3, 4)"),
+    "tables": ("tools.tables", "collect finished runs into the paper's Tables 1-4 beside the published numbers"),
     "bench": ("benchmarks.bench", "benchmarks: transfer-loss cost against the original formulation"),
 }
 
@@ -51,8 +56,23 @@ def _command_parser(name):
     return module, parser
 
 
+def use_deterministic_engine(argv):
+    """On CPU, run MXNet's synchronous engine unless the user chose one.
+
+    MKL-DNN operators executed by MXNet's threaded engine are not bitwise
+    reproducible on CPU (two identical runs drift apart by ~1e-4 within a few
+    steps); the synchronous ``NaiveEngine`` is, and on CPU it costs nothing
+    measurable.  On GPUs (``--gpus``) the asynchronous threaded engine is kept.
+    Must run before ``mxnet`` is imported.
+    """
+    if "MXNET_ENGINE_TYPE" not in os.environ and "--gpus" not in argv \
+            and "mxnet" not in sys.modules:
+        os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    use_deterministic_engine(argv)
     debug = "--debug" in argv
     top = build_parser()
     # Split "nst [--debug] COMMAND args..." by hand so that each command owns

@@ -72,6 +72,9 @@ def get_model(name, classes=None, features=None, **kwargs):
         raise NSTError("model name must be a string, got %r; known models: %s"
                        % (name, _known_names()))
     key = name.strip().lower()
+    if key == "mxnet_checkpoint" or key.startswith("gluoncv:"):  # teachers from checkpoints
+        from .checkpoint_teacher import get_checkpoint_model
+        return get_checkpoint_model(name.strip(), classes=classes, features=features, **kwargs)
     unknown = sorted(k for k in kwargs if k not in _OPTIONS)
     if unknown:
         raise NSTError("get_model(%r): unknown option(s) %s; the options are classes, features, "

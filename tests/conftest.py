@@ -11,6 +11,10 @@ dataset folders in the official pickle layout (bytes keys, protocol 2).
 
 import os
 import pickle
+
+# Bitwise-reproducible MXNet on CPU (see nst.cli.use_deterministic_engine);
+# set before anything imports mxnet.
+os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
 from pathlib import Path
 
 import numpy as np

@@ -82,7 +82,9 @@ def test_extends_cycle_is_reported(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-    paths = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.name != "tables.yaml")
+    # every trainer config (configs/voc/ holds the detector's, tested in test_detection)
+    paths = sorted(p for p in CONFIG_DIR.rglob("*.yaml")
+                   if p.name != "tables.yaml" and p.parent.name != "voc")
     assert len(paths) >= 20
     for path in paths:
         cfg = load_config(str(path))

@@ -14,7 +14,7 @@ import math
 import mxnet as mx
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from mxnet import autograd
 
 from nst.errors import NSTError
@@ -29,19 +29,22 @@ SPATIAL_NAMES = ("fitnet", "at") + NST_NAMES
 
 
 def ref_resize(a, size):
-    """(C, H, W) -> (C, h, w): average pooling for integer ratios, else bilinear
-    with half-pixel centres (align_corners=False)."""
+    """(C, H, W) -> (C, h, w): per axis, block averages when the ratio is an
+    integer; then bilinear with half-pixel centres (align_corners=False) for
+    the axes still too large."""
     c, H, W = a.shape
     h, w = size
+    kh = H // h if H % h == 0 else 1
+    kw = W // w if W % w == 0 else 1
+    if (kh, kw) != (1, 1):
+        H, W = H // kh, W // kw
+        pooled = np.zeros((c, H, W))
+        for i in range(H):
+            for j in range(W):
+                pooled[:, i, j] = a[:, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].mean(axis=(1, 2))
+        a = pooled
     if (H, W) == (h, w):
         return a
-    if H % h == 0 and W % w == 0:
-        kh, kw = H // h, W // w
-        out = np.zeros((c, h, w))
-        for i in range(h):
-            for j in range(w):
-                out[:, i, j] = a[:, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].mean(axis=(1, 2))
-        return out
 
     def taps(n_out, n_in):
         res = []
@@ -90,11 +93,12 @@ def k_poly(degree=2, c=0.0):
 
 
 def ref_sigma2(fs, ft):
-    """Gaussian bandwidth: mean squared distance over all pairs of the pooled samples."""
+    """Gaussian bandwidth: mean squared distance over all pairs of the pooled
+    samples, floored at 1e-3 (the documented floor for degenerate images)."""
     fs, ft = ref_pair(fs, ft)
     pool = ref_samples(ft) + ref_samples(fs)
     d2 = [float(np.sum((a - b) ** 2)) for a in pool for b in pool]
-    return max(sum(d2) / len(d2), 1e-12)
+    return max(sum(d2) / len(d2), 1e-3)
 
 
 def ref_nst(student, teacher, kernel, sigma2s=None, **kw):
@@ -236,6 +240,7 @@ SHAPE_CASES = [
     pytest.param((4, 3, 3), (6, 6, 6), id="teacher-larger-pool"),
     pytest.param((4, 6, 6), (3, 4, 4), id="bilinear-1.5x"),
     pytest.param((3, 4, 6), (5, 2, 3), id="non-square"),
+    pytest.param((2, 1, 2), (3, 2, 3), id="pool-H-bilinear-W"),  # 2 -> 1 pooled, 3 -> 2 bilinear
     pytest.param((12, 1, 2), (40, 1, 2), id="long-teacher"),   # teacher Gram via syrk
 ]
 NST_KERNELS = {"nst_linear": "linear", "nst_poly": "poly", "nst_gaussian": "gaussian"}
@@ -338,7 +343,8 @@ def test_poly_form_cost_rule():
 # ============================================================ NST properties
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
+@example(c_s=1, c_t=2, h=1, w=1, seed=1, signed=False, name="nst_gaussian")  # sigma^2 ~ 0
 @given(c_s=st.integers(1, 6), c_t=st.integers(1, 6), h=st.integers(1, 4), w=st.integers(1, 4),
        seed=st.integers(0, 2 ** 31), signed=st.booleans(),
        name=st.sampled_from(NST_NAMES))

@@ -118,7 +118,7 @@ def test_teacher_is_frozen(cifar_root, teacher_checkpoint, tmp_path):
 def test_fitnet_regressor_trains_but_is_not_exported(cifar_root, teacher_checkpoint, tmp_path):
     out = tmp_path / "fitnet"
     cfg = distill_config(cifar_root, out, teacher_checkpoint, epochs=1, transfer=[
-        {"loss": "fitnet", "weight": 100, "student": "in5b_bn", "teacher": "stage3"}])
+        {"loss": "fitnet", "weight": 1, "student": "in5b_bn", "teacher": "stage3"}])
     run(cfg)
     manifest = ckpt.read_manifest(str(out))
     assert "transfer0" in manifest["files"]

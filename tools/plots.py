@@ -27,6 +27,7 @@ def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5)
     """
     fig, ax = plt.subplots(figsize=size, dpi=dpi)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    finals = []  # (final test error, epoch, colour): labelled after the axes are set
     for index, (label, history) in enumerate(runs.items()):
         colour = colours[index % len(colours)]
         train = [(r["epoch"], r["train_" + metric]) for r in history if "train_" + metric in r]
@@ -35,8 +36,7 @@ def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5)
             ax.plot(*zip(*train), linestyle="--", color=colour, linewidth=1.2, alpha=0.8)
         if test:
             ax.plot(*zip(*test), linestyle="-", color=colour, linewidth=2.0, label=label)
-            ax.annotate("%.2f" % test[-1][1], xy=test[-1], fontsize=8, color=colour,
-                        xytext=(3, 0), textcoords="offset points", va="center")
+            finals.append((test[-1][1], test[-1][0], colour))
         elif train:
             ax.plot([], [], linestyle="-", color=colour, label=label)
     from matplotlib.lines import Line2D
@@ -46,6 +46,7 @@ def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5)
     labels += ["train (dashed)", "test (solid)"]
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(x=0.08)
+    _label_final_values(ax, finals)
     ax.set_xlabel("epoch")
     ax.set_ylabel("%s error (%%)" % metric.replace("_err", "").replace("top", "top-"))
     ax.set_title(title or "train (dashed) and test (solid) error")
@@ -56,3 +57,19 @@ def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5)
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def _label_final_values(ax, finals):
+    """Write each run's final test error at the end of its curve, spread apart
+    vertically so that close values do not overlap."""
+    if not finals:
+        return
+    low, high = ax.get_ylim()
+    gap = 0.045 * (high - low)
+    placed = []
+    for value, epoch, colour in sorted(finals):
+        y = value if not placed else max(value, placed[-1] + gap)
+        placed.append(y)
+        ax.annotate("%.2f" % value, xy=(epoch, value), xytext=(4, y),
+                    textcoords=("offset points", "data"), fontsize=8, color=colour,
+                    va="center", annotation_clip=False)

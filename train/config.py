@@ -59,6 +59,10 @@ SCHEMA = {
         "train_limit": (int, None),              # use only the first N images
         "test_limit": (int, None),
         "test_batch_size": (int, 256),
+        # RecordIO data sets (imagenet): input size, validation resize, decoding threads
+        "image_size": (int, 224),
+        "val_resize": (int, 256),
+        "threads": (int, 4),
     },
     "student": {
         "network": (str, REQUIRED),
@@ -68,7 +72,9 @@ SCHEMA = {
     "teacher": {
         "network": (str, REQUIRED),
         "params": (dict, {}),
-        "checkpoint": (str, REQUIRED),
+        # a Gluon .params file; may be omitted for networks that load their own
+        # weights (an MXNet symbol checkpoint, a GluonCV model-zoo model)
+        "checkpoint": (str, None),
     },
     "transfer": (list, []),
     "optimizer": {

@@ -3,9 +3,11 @@
 Trains a small pre-activation ResNet teacher on the handwritten digits
 (1,797 8x8 images resized to 32x32, fixed stratified split), then the
 Inception-BN-small student alone, with KD, with NST (polynomial kernel) and
-with KD+NST, and prints a Table-1-style table of their test errors.  Every
-number comes from this run.  Outputs go to ``runs/demo/`` (one folder per
-row, ``demo.md``/``demo.json`` with the table, ``demo_digits_curves.png``).
+with KD+NST, prints a Table-1-style table of their test errors and draws the
+t-SNE of the teacher's and the students' neuron selectivity patterns before
+and after NST (the paper's Fig. 5).  Every number comes from this run.
+Outputs go to ``runs/demo/`` (one folder per row, ``demo.md``/``demo.json``
+with the table, ``demo_digits_curves.png``, ``demo_tsne.png``/``.json``).
 The rows are the configs in ``configs/demo/`` and the ``demo`` table of
 ``configs/tables.yaml``.
 """
@@ -13,6 +15,7 @@ The rows are the configs in ``configs/demo/`` and the ``demo`` table of
 import os
 import time
 
+from tools.tsne import make_tsne_figure
 from train.experiments import run_table, write_table_outputs
 
 
@@ -40,7 +43,15 @@ def run(args):
     measured = {"digits": results}
     print()
     print(write_table_outputs("demo", measured, args.out_root))
-    print("\ndone in %.0f s. Outputs: %s/demo.md (table), %s/demo.json (results), "
-          "%s/demo_digits_curves.png (curves), one run folder per row."
-          % (time.time() - tic, args.out_root, args.out_root, args.out_root))
+    tsne_png = os.path.join(args.out_root, "demo_tsne.png")
+    figure = make_tsne_figure(os.path.join(args.out_root, "teacher"),
+                              [os.path.join(args.out_root, "student"),
+                               os.path.join(args.out_root, "nst_poly")],
+                              tsne_png, labels=["Student (no transfer)", "NST (poly)"],
+                              log=lambda *_: None)
+    print("\nMMD^2 (poly) between teacher and student selectivity patterns (Fig. 5): "
+          + ", ".join("%s %.4f" % (p["label"], p["mmd2"]) for p in figure["panels"]))
+    print("\ndone in %.0f s. Outputs in %s/: demo.md (table), demo.json (results), "
+          "demo_digits_curves.png (error curves), demo_tsne.png (t-SNE, Fig. 5), one run "
+          "folder per row." % (time.time() - tic, args.out_root))
     return 0

@@ -40,7 +40,7 @@ import symbols
 from nst.errors import NSTError
 from nst.io import write_json, write_text
 from train import checkpoint as ckpt
-from train import data as datasets
+from train.batches import build_batches
 from train.devices import create_kvstore
 from train.losses import get_loss
 
@@ -116,18 +116,6 @@ class Distiller:
     # ----------------------------------------------------------------- set-up
     def _load_data(self):
         dcfg = self.cfg["data"]
-        train_x, train_y = datasets.load_dataset(dcfg["dataset"], dcfg["root"], "train")
-        test_x, test_y = datasets.load_dataset(dcfg["dataset"], dcfg["root"], "test")
-        if dcfg["train_limit"]:
-            train_x, train_y = train_x[:dcfg["train_limit"]], train_y[:dcfg["train_limit"]]
-        if dcfg["test_limit"]:
-            test_x, test_y = test_x[:dcfg["test_limit"]], test_y[:dcfg["test_limit"]]
-        info = datasets.dataset_info(dcfg["dataset"])
-        self.classes = info["num_classes"]
-        if self.num_workers > 1:  # each worker reads its own shard
-            train_x = train_x[self.rank::self.num_workers]
-            train_y = train_y[self.rank::self.num_workers]
-        self.mean, self.std = info["mean"], info["std"]
         batch = dcfg["batch_size"]
         if batch % self.num_workers:
             raise NSTError("data.batch_size %d is not divisible by the %d workers"
@@ -137,17 +125,10 @@ class Distiller:
         if self.local_batch < len(self.ctx):
             raise NSTError("data.batch_size %d gives fewer than one image per device "
                            "(%d devices); raise the batch size" % (batch, len(self.ctx)))
-        if len(train_x) < self.local_batch:
-            raise NSTError("the training set has %d images, fewer than one batch of %d; "
-                           "lower data.batch_size" % (len(train_x), self.local_batch))
-        self.train_batches = datasets.ArrayBatches(
-            train_x, train_y, self.local_batch, shuffle=True, augment=dcfg["augment"],
-            seed=self.cfg["seed"] + 1000 * self.rank, mean=self.mean, std=self.std,
-            last_batch="discard", flip=dcfg["flip"])
-        self.test_batches = datasets.ArrayBatches(
-            test_x, test_y, dcfg["test_batch_size"], shuffle=False, augment=False,
-            seed=0, mean=self.mean, std=self.std, last_batch="keep")
-        self.image_shape = tuple(train_x.shape[1:])
+        source = build_batches(dcfg, self.cfg["seed"], self.local_batch, self.rank,
+                               self.num_workers)
+        self.train_batches, self.test_batches = source.train, source.test
+        self.classes, self.image_shape = source.classes, source.image_shape
 
     def _build_networks(self):
         cfg = self.cfg
@@ -167,7 +148,12 @@ class Distiller:
         if tcfg is not None:
             self.teacher = symbols.get_model(tcfg["network"], classes=self.classes,
                                              features=self.teacher_features, **tcfg["params"])
-            self._load_params(self.teacher, tcfg["checkpoint"], "teacher", tcfg["network"])
+            if tcfg["checkpoint"]:
+                self._load_params(self.teacher, tcfg["checkpoint"], "teacher", tcfg["network"])
+            elif not getattr(self.teacher, "loads_own_weights", False):
+                raise NSTError("teacher.checkpoint is missing: a teacher must be trained; give "
+                               "the .params file written by training %r (nst train CONFIG "
+                               "writes <out>/student.params)" % tcfg["network"])
             for param in self.teacher.collect_params().values():
                 param.grad_req = "null"
             self.teacher.hybridize(static_alloc=True, static_shape=True)
@@ -187,7 +173,7 @@ class Distiller:
 
     def _probe_shapes(self):
         """Per-sample shapes of every output of the student and teacher."""
-        probe = mx.nd.zeros((2, self.image_shape[2]) + self.image_shape[:2], ctx=self.ctx[0])
+        probe = mx.nd.zeros((2,) + tuple(self.image_shape), ctx=self.ctx[0])
         student_out = [o.shape[1:] for o in _as_tuple(self.student(probe))]
         teacher_out = None
         if self.teacher is not None:
@@ -408,8 +394,8 @@ class Distiller:
         tic = time.time()
         images = 0
         for data, label in batches:
-            components, logits, labels = self._forward_backward(mx.nd.array(data),
-                                                                mx.nd.array(label))
+            components, logits, labels = self._forward_backward(_as_ndarray(data),
+                                                                _as_ndarray(label))
             self.trainer.step(self.global_batch)
             pending.append(components)
             pending_correct.extend(self._correct_counts(o, y) for o, y in zip(logits, labels))
@@ -513,6 +499,10 @@ class Distiller:
         plot_error_curves({self.cfg["name"]: history}, os.path.join(self.out, "curves.png"),
                           title=self.cfg["name"])
         return results
+
+
+def _as_ndarray(array):
+    return array if isinstance(array, mx.nd.NDArray) else mx.nd.array(array)
 
 
 def _format_record(record):

@@ -35,7 +35,7 @@ from mxnet.gluon import HybridBlock
 
 from nst.errors import NSTError
 
-__all__ = ["TransferLoss", "register", "get_loss", "list_losses", "loss_class"]
+__all__ = ["TransferLoss", "register", "get_loss", "list_losses", "loss_class", "check_number"]
 
 _REGISTRY = {}
 _SHAPE_KEYS = ("student_shape", "teacher_shape")

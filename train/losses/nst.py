@@ -39,7 +39,7 @@ How it is computed (fast, same value)
   pass plus the student's backward pass (the teacher needs none)::
 
       channel = HW  * (C_T^2 + 2 C_S^2 + 2 C_T C_S)   # K_TT, K_SS, K_TS + grads of K_SS, K_TS
-      spatial = HW^2 * (C_T + 2 C_S + 4)              # G_T, G_S + grad of G_S, + O(HW^2) elementwise
+      spatial = HW^2 * (C_T + 2 C_S + 4)              # G_T, G_S + grad of G_S, + O(HW^2) rest
 
   i.e. forward alone compares ``C_T^2 + C_S^2 + C_T C_S`` with
   ``(C_T + C_S) HW`` (+ HW^2 terms).  The spatial form is used when
@@ -276,7 +276,8 @@ class NSTGaussian(_NST):
     :math:`\sigma^2` is "the mean of squared distance of the pairs" (Sec. 4.2):
     here the mean of all :math:`(C_T + C_S)^2` entries of the squared-distance
     matrix of the pooled teacher + student samples of each image, treated as
-    a constant (no gradient flows through it).  Distances come from the Grams,
+    a constant (no gradient flows through it) and floored at ``min_sigma2``
+    = 1e-3 (only reached when all maps of an image nearly coincide).  Distances come from the Grams,
     :math:`\|x\|^2 + \|y\|^2 - 2x^\top y`, clipped at 0.  Per image, averaged
     over the batch.  ``default_weight = 50`` (:math:`\lambda/2`,
     :math:`\lambda = 100`, Sec. 5).  Cost :math:`O((C_T + C_S)^2 HW)`.
@@ -290,8 +291,11 @@ class NSTGaussian(_NST):
     loss_name = "nst_gaussian"
     default_weight = 50.0
 
-    #: floor of sigma^2 (only reached when all samples coincide, e.g. all-zero maps)
-    min_sigma2 = 1e-12
+    #: Floor of sigma^2.  Distances between unit-norm maps are O(1) (typically
+    #: sigma^2 ~ 0.5-1); sigma^2 < 1e-3 means all maps of an image coincide to
+    #: a few percent (e.g. all-zero or 1x1 maps), where Gram-based distances
+    #: are float rounding noise that exp(-D / 2 sigma^2) would amplify.
+    min_sigma2 = 1e-3
 
     def _mmd2(self, F, s, t, c_s, c_t, hw):
         # sigma^2, a constant: the mean over the pooled samples z (M = C_T + C_S of them)

@@ -7,13 +7,16 @@ interpolated if their dimensions do not match" (Sec. 3.1).  Here, for every
 spatial method, each map larger than the common size ``(min(H_S, H_T),
 min(W_S, W_T))`` is resized down to it *before* anything else:
 
-* by **average pooling** (kernel = stride = the ratio) when both ratios are
-  integers -- the usual case, e.g. 16x16 -> 8x8 or 14x14 -> 7x7; this is the
-  exact area average, so no activation is dropped;
-* by **bilinear** interpolation (``align_corners=False``, half-pixel centres)
-  otherwise.
+* along every axis whose ratio is an integer, by **average pooling** (kernel
+  = stride = the ratio) -- the usual case, e.g. 16x16 -> 8x8 or 14x14 -> 7x7;
+  this is the exact area average, so no activation is dropped;
+* along the remaining axes, by **bilinear** interpolation
+  (``align_corners=False``, half-pixel centres).
 
-Only the larger map is touched; equal sizes are left as they are.
+Only the larger map is touched; equal sizes are left as they are.  (Bilinear
+is never asked for an output size of 1 -- that ratio is always an integer --
+where MXNet's ``BilinearResize2D`` would return the first row instead of an
+interpolation.)
 
 Reductions
 ----------
@@ -36,13 +39,14 @@ def common_size(s_shape, t_shape):
 def resize_to(F, x, shape, size):
     """Resize ``x`` (N, C, H, W) with per-sample ``shape`` (C, H, W) down to ``size``."""
     (_, h, w), (th, tw) = shape, size
-    if (h, w) == (th, tw):
-        return x
-    if h % th == 0 and w % tw == 0:
-        kernel = (h // th, w // tw)
-        return F.Pooling(x, kernel=kernel, stride=kernel, pool_type="avg",
-                         pooling_convention="valid")
-    return F.contrib.BilinearResize2D(x, height=th, width=tw, align_corners=False)
+    kernel = (h // th if h % th == 0 else 1, w // tw if w % tw == 0 else 1)
+    if kernel != (1, 1):
+        x = F.Pooling(x, kernel=kernel, stride=kernel, pool_type="avg",
+                      pooling_convention="valid")
+        h, w = h // kernel[0], w // kernel[1]
+    if (h, w) != (th, tw):
+        x = F.contrib.BilinearResize2D(x, height=th, width=tw, align_corners=False)
+    return x
 
 
 def match_spatial(F, student, teacher, s_shape, t_shape):

@@ -1,0 +1,135 @@
+"""``nst curves``: train (dashed) and test (solid) error of several runs on one plot (Figs. 3, 4).
+
+Reads each run folder's ``log.json`` (the per-epoch records ``nst train``
+writes) and draws them with :func:`tools.plots.plot_error_curves`, one colour
+per run.  The JSON beside the PNG holds, per run, the last epoch's train and
+test error, the best test error and its epoch, and the run's
+``results.json`` when it has finished.  ``--metric top5_err`` needs runs on
+more than 10 classes (top-5 is recorded only then).
+
+    nst curves runs/cifar10/student runs/cifar10/nst_poly --labels Student NST -o fig3.png
+"""
+
+import json
+import os
+
+from nst.errors import NSTError
+from nst.io import write_json
+
+from .plots import plot_error_curves
+
+__all__ = ["read_history", "summarise", "make_curves_figure", "add_arguments", "run"]
+
+METRICS = ("top1_err", "top5_err")
+
+
+def _read_json(path, what):
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise NSTError("%s %s is unreadable (%s); the run folder is damaged: retrain the run "
+                       "or leave it out" % (what, path, err)) from err
+
+
+def read_history(run):
+    """The per-epoch records of a run folder's ``log.json``."""
+    if not os.path.isdir(run):
+        raise NSTError("run folder %s does not exist; give folders written by `nst train` "
+                       "(e.g. runs/demo/nst_poly)" % run)
+    path = os.path.join(run, "log.json")
+    if not os.path.isfile(path):
+        raise NSTError("run folder %s has no log.json: it has not finished an epoch yet, or it "
+                       "is not a run folder of `nst train`; train it (nst train CONFIG) or "
+                       "leave it out" % run)
+    history = _read_json(path, "training log")
+    if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r
+                                                for r in history):
+        raise NSTError("%s is not a list of per-epoch records with an `epoch`; it was not "
+                       "written by `nst train`" % path)
+    if not history:
+        raise NSTError("%s is empty: the run has not finished an epoch yet" % path)
+    return history
+
+
+def summarise(history, metric="top1_err"):
+    """Last train / test error, best test error and its epoch for ``metric``."""
+    train = [(r["epoch"], r["train_" + metric]) for r in history
+             if r.get("train_" + metric) is not None]
+    test = [(r["epoch"], r["test_" + metric]) for r in history
+            if r.get("test_" + metric) is not None]
+    best = min(test, key=lambda item: item[1]) if test else None
+    return {"epochs": max(r["epoch"] for r in history),
+            "final_train": train[-1][1] if train else None,
+            "final_test": test[-1][1] if test else None,
+            "best_test": best[1] if best else None,
+            "best_test_epoch": best[0] if best else None}
+
+
+def _default_labels(runs):
+    names = [os.path.basename(os.path.normpath(r)) for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    return [os.path.normpath(r) for r in runs]
+
+
+def make_curves_figure(runs, out_png, labels=None, metric="top1_err", title=None,
+                       json_path=None, log=print):
+    """Write the curves PNG and its JSON; returns the JSON dict."""
+    if metric not in METRICS:
+        raise NSTError("unknown metric %r; choose %s" % (metric, " or ".join(METRICS)))
+    if not runs:
+        raise NSTError("no run folders given; e.g. nst curves runs/demo/student "
+                       "runs/demo/nst_poly -o curves.png")
+    labels = list(labels) if labels else _default_labels(runs)
+    if len(labels) != len(runs):
+        raise NSTError("%d labels for %d runs; give one label per run" % (len(labels), len(runs)))
+    if len(set(labels)) != len(labels):
+        raise NSTError("labels must be distinct, got %s" % ", ".join(labels))
+    histories, summary = {}, []
+    for run, label in zip(runs, labels):
+        history = read_history(run)
+        item = summarise(history, metric)
+        if item["final_train"] is None and item["final_test"] is None:
+            hint = (" (top-5 error is recorded only for data sets with more than 10 classes)"
+                    if metric == "top5_err" else "")
+            raise NSTError("%s/log.json has no %s values%s; choose another --metric"
+                           % (run, metric, hint))
+        results = os.path.join(run, "results.json")
+        item.update({"label": label, "run": run,
+                     "results": _read_json(results, "results") if os.path.isfile(results)
+                     else None})
+        histories[label] = history
+        summary.append(item)
+    plot_error_curves(histories, out_png, title=title, metric=metric)
+    result = {"figure": out_png, "metric": metric, "runs": summary}
+    json_path = json_path or os.path.splitext(out_png)[0] + ".json"
+    write_json(json_path, result)
+    for item in summary:
+        log("%-24s epochs %3d  final train %s  final test %s  best test %s (epoch %s)"
+            % (item["label"], item["epochs"], _fmt(item["final_train"]),
+               _fmt(item["final_test"]), _fmt(item["best_test"]), item["best_test_epoch"]))
+    log("written: %s, %s" % (out_png, json_path))
+    return result
+
+
+def _fmt(value):
+    return "—" if value is None else "%.2f" % value
+
+
+def add_arguments(parser):
+    parser.description = ("Train (dashed) and test (solid) error of several runs on one plot "
+                          "(the paper's Figs. 3 and 4).")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders with a log.json")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="legend label per run (default: the folder names)")
+    parser.add_argument("--metric", default="top1_err", choices=METRICS)
+    parser.add_argument("--title", default=None)
+    parser.add_argument("-o", "--out", default="curves.png", help="output PNG (curves.png)")
+    parser.add_argument("--json", default=None, help="output JSON (default: OUT with .json)")
+
+
+def run(args):
+    make_curves_figure(args.runs, args.out, labels=args.labels, metric=args.metric,
+                       title=args.title, json_path=args.json)
+    return 0

@@ -40,10 +40,11 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from nst.errors import NSTError
-from nst.io import atomic_path, write_json, write_text
+from nst.io import atomic_path, write_json
 from tools.voc_eval import VOC_CLASSES, write_detections_json, write_devkit_files
 from train import checkpoint as ckpt
 from train.devices import create_kvstore
+from train.runlog import log_path, read_log, write_log
 
 from .data import VOCDataset, test_loader, train_loader
 from .model import build_detector
@@ -318,7 +319,7 @@ class DetectionTrainer:
             raise NSTError("%s already holds a detection run (checkpoint at epoch %d); pass "
                            "--resume to continue it or choose another folder with --out"
                            % (self.out, manifest["epoch"]))
-        history = self._read_log()
+        history = read_log(self.out)
         start_epoch, start_step, sums = 0, 0, None
         if manifest is not None:
             ckpt.load_checkpoint(self.out, manifest, self.net, [], self.trainer, self.ctx)
@@ -345,7 +346,7 @@ class DetectionTrainer:
                 if record is None:
                     return None
                 history.append(record)
-                self._write_log(history)
+                write_log(self.out, history)
                 self._save(epoch + 1, 0, None)
         finally:
             for sig, prev in previous.items():
@@ -417,31 +418,6 @@ class DetectionTrainer:
         ckpt.write_checkpoint(self.out, tag, self.net, [], self.trainer, state,
                               keep=self.cfg["train"]["keep_checkpoints"])
 
-    def _log_path(self, ext):
-        return os.path.join(self.out, "log." + ext)
-
-    def _read_log(self):
-        path = self._log_path("json")
-        if not os.path.exists(path):
-            return []
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return []
-
-    def _write_log(self, history):
-        write_json(self._log_path("json"), history)
-        keys = []
-        for record in history:
-            keys.extend(k for k in record if k not in keys)
-        lines = [",".join(keys)]
-        for record in history:
-            lines.append(",".join("" if record.get(k) is None else "%.6g" % record[k]
-                                  if isinstance(record.get(k), float) else str(record[k])
-                                  for k in keys))
-        write_text(self._log_path("csv"), "\n".join(lines) + "\n")
-
     def _finish(self, history):
         cfg = self.cfg
         params_path = os.path.join(self.out, "detector.params")
@@ -451,12 +427,12 @@ class DetectionTrainer:
                           os.path.join(self.out, "detections"), self.progress)
         if history:
             history[-1]["test_mAP"] = result["mAP"]
-            self._write_log(history)
+            write_log(self.out, history)
         results = {"name": cfg["name"], "epochs": cfg["epochs"],
                    "backbone": cfg["backbone"]["checkpoint"], "metric": result["metric"],
                    "mAP": result["mAP"], "ap": result["ap"], "test_images": result["images"],
                    "detector_params": params_path, "detections": result["detections"],
-                   "log": self._log_path("json"),
+                   "log": log_path(self.out),
                    "voc_eval": voc_eval_command(cfg, result["detections"])}
         write_json(os.path.join(self.out, "results.json"), results)
         return results

@@ -22,6 +22,7 @@ COMMANDS = {
     "train": ("train.cli", "train a teacher, a student or a distilled student from a config file"),
     "table": ("train.experiments", "train every row of a paper table and print it beside the paper"),
     "launch": ("train.launch", "start a dist_sync job's scheduler, servers and workers on this machine"),
+    "pack": ("train.pack", "pack an image-folder tree (one sub-folder per class) into RecordIO for ImageNet training"),
     "data": ("train.download", "download and verify the CIFAR-10 / CIFAR-100 archives"),
     "detect": ("detection.cli", "Faster R-CNN on VOC with a distilled Inception-BN backbone"),
     "voc-eval": ("tools.voc_eval", "VOC07 11-point / VOC10 AUC mAP of detections against VOC annotations"),
@@ -29,12 +30,20 @@ COMMANDS = {
     "heatmap": ("tools.heatmap", "activation heat maps of chosen channels over input images (Fig. 2)"),
     "curves": ("tools.curves", "train (dashed) and test (solid) error curves of several runs (Figs. 3, 4)"),
     "tables": ("tools.tables", "collect finished runs into the paper's Tables 1-4 beside the published numbers"),
+    "hints": ("tools.hints", "propose hint (transfer) layers by clustering the teacher's layers by CKA"),
     "bench": ("benchmarks.bench", "benchmarks: transfer-loss cost against the original formulation"),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``nst train: error: ...; see nst train --help``."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s; see %s --help\n" % (self.prog, message, self.prog))
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nst",
         description="Neuron Selectivity Transfer (Huang & Wang, 2017) and related "
                     "knowledge-transfer methods in MXNet/Gluon.")
@@ -49,7 +58,7 @@ def build_parser():
 def _command_parser(name):
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog="nst " + name, description=help_text)
+    parser = _Parser(prog="nst " + name, description=help_text)
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks instead of one-line errors")
     module.add_arguments(parser)
@@ -68,11 +77,34 @@ def use_deterministic_engine(argv):
     if "MXNET_ENGINE_TYPE" not in os.environ and "--gpus" not in argv \
             and "mxnet" not in sys.modules:
         os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
+        _import_mxnet_quietly()
+
+
+def _import_mxnet_quietly():
+    """Import mxnet with the C library's stderr muted: a chosen engine makes it log
+    "MXNet start using engine: ..." at INFO level, which would precede every
+    one-line error message.  Python-level errors are unaffected."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import mxnet
+                mxnet.nd.waitall()  # creates the engine now, while muted
+            except Exception:  # reported when the command imports it for real
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    use_deterministic_engine(argv)
+    if any(a in COMMANDS for a in argv[:2]):
+        use_deterministic_engine(argv)
     debug = "--debug" in argv
     top = build_parser()
     # Split "nst [--debug] COMMAND args..." by hand so that each command owns
@@ -88,7 +120,10 @@ def main(argv=None):
         return 2
     try:
         module, parser = _command_parser(name)
-        args = parser.parse_args(rest[1:])
+        try:
+            args = parser.parse_args(rest[1:])
+        except SystemExit as stop:  # --help (0) or a usage error (2), already printed
+            return stop.code if isinstance(stop.code, int) else 2
         args.debug = debug or args.debug
         code = module.run(args)
         return int(code or 0)

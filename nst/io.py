@@ -10,16 +10,18 @@ import json
 import os
 import tempfile
 
+from . import faults
 from .errors import NSTError
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, fault_point=None):
     """Yield a temporary path next to ``path``; on success rename it to ``path``.
 
     Use it with writers that want a file name (``mx.nd.save``,
     ``block.save_parameters``, ``fig.savefig``).  On an exception the temporary
-    file is removed and ``path`` is left as it was.
+    file is removed and ``path`` is left as it was.  ``fault_point`` names the
+    instant for :mod:`nst.faults` (tests only).
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -35,6 +37,8 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        if fault_point:
+            faults.checkpoint(fault_point)
         os.replace(tmp, path)
     except OSError as err:
         _remove_quietly(tmp)
@@ -53,16 +57,28 @@ def _remove_quietly(path):
         pass
 
 
-def write_text(path, text):
+def write_text(path, text, fault_point=None):
     """Atomically write ``text`` to ``path``."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fault_point) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
 
 
-def write_json(path, obj):
+def write_json(path, obj, fault_point=None):
     """Atomically write ``obj`` as indented JSON."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n",
+               fault_point)
+
+
+def remove_stale_temporaries(folder):
+    """Delete ``.tmp-*`` files a killed writer left in ``folder`` (never a published file)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".tmp-"):
+            _remove_quietly(os.path.join(folder, name))
 
 
 def _json_default(value):
@@ -70,3 +86,12 @@ def _json_default(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError("not JSON serialisable: %r" % (value,))
+
+
+def read_json(path, what, fix):
+    """Parse a JSON file; an unreadable one is an NSTError naming ``what`` and the ``fix``."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise NSTError("%s %s is unreadable (%s); %s" % (what, path, err, fix)) from err

@@ -141,7 +141,7 @@ class InceptionBN(StagedNet):
 
     Stages (output size at 224 x 224 input)::
 
-        data_bn       BatchNorm of the input (no scale, no shift)      3 x 224 x 224
+        data_bn       BatchNorm of the input, stored statistics (no scale, no shift) 3 x 224 x 224
         conv1_bn      conv7x7/2 pad 3, 64 + BN;  conv1 ReLU            64 x 112 x 112
         pool1         max pool 3x3/2 pad 1                             64 x 56 x 56
         conv2_red_bn  conv1x1 64 + BN;           conv2_red ReLU        64 x 56 x 56
@@ -202,7 +202,14 @@ class InceptionBN(StagedNet):
             return [c if isinstance(c, str) else _scaled_channels(c, width) for c in channels]
 
         with self.name_scope():
-            self.add_stage("data_bn", nn.BatchNorm(scale=False, center=False))
+            # The input is already normalised by the data pipeline.  MXNet's CPU
+            # (MKL-DNN) BatchNorm updates running statistics in the backward pass,
+            # which never runs for a parameterless layer on the input, so in
+            # training mode this layer would normalise each batch while inference
+            # used the initial 0/1: use the stored statistics in both (identity
+            # for our own training; GluonCV's values when its weights are loaded).
+            self.add_stage("data_bn", nn.BatchNorm(scale=False, center=False,
+                                                   use_global_stats=True))
             self.add_stage("conv1_bn", conv_bn(_scaled_channels(64, width), 7, stride=2, pad=3))
             self.add_stage("conv1", nn.Activation("relu"))
             self.add_stage("pool1", nn.MaxPool2D(3, 2, 1))

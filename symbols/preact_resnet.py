@@ -31,7 +31,7 @@ pre-activated input ``relu(bn(x))``.  The stride sits on the 3x3 convolution.
   Stages (sizes at 224 x 224 input), identical, index by index, to
   ``features[0:11]`` of GluonCV's ``resnet101_v2``::
 
-      data_bn  BatchNorm of the input (no scale, no shift)   3 x 224 x 224
+      data_bn  BatchNorm of the input, stored statistics (no scale, no shift) 3 x 224 x 224
       conv0    conv7x7/2 64                                   64 x 112 x 112
       bn0      BatchNorm (pre-ReLU)
       relu0    ReLU
@@ -173,7 +173,14 @@ class PreActResNetImageNet(StagedNet):
         self.units = units
         self.width = width
         with self.name_scope():
-            self.add_stage("data_bn", nn.BatchNorm(scale=False, center=False))
+            # The input is already normalised by the data pipeline.  MXNet's CPU
+            # (MKL-DNN) BatchNorm updates running statistics in the backward pass,
+            # which never runs for a parameterless layer on the input, so in
+            # training mode this layer would normalise each batch while inference
+            # used the initial 0/1: use the stored statistics in both (identity
+            # for our own training; GluonCV's values when its weights are loaded).
+            self.add_stage("data_bn", nn.BatchNorm(scale=False, center=False,
+                                                   use_global_stats=True))
             self.add_stage("conv0", nn.Conv2D(stem, 7, 2, 3, use_bias=False))
             self.add_stage("bn0", nn.BatchNorm())
             self.add_stage("relu0", nn.Activation("relu"))

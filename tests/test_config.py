@@ -22,7 +22,8 @@ def write(path, data):
 def test_defaults_are_filled(tmp_path):
     cfg = load_config(write(tmp_path / "c.yaml", MINIMAL))
     assert cfg["optimizer"] == {"name": "nag", "lr": 0.2, "momentum": 0.9, "wd": 1e-4,
-                                "lr_steps": [], "lr_factor": 0.1}
+                                "lr_steps": [], "lr_factor": 0.1, "warmup_epochs": 0,
+                                "clip_gradient": None}
     assert cfg["data"]["batch_size"] == 128 and cfg["teacher"] is None
     assert cfg["out"] == os.path.join("runs", "x")
 
@@ -95,7 +96,8 @@ def test_every_shipped_config_is_valid():
 def test_paper_configs_follow_the_paper():
     kd_nst = load_config(str(CONFIG_DIR / "cifar10" / "kd_nst.yaml"))
     assert kd_nst["optimizer"] == {"name": "nag", "lr": 0.2, "momentum": 0.9, "wd": 1e-4,
-                                   "lr_steps": [200, 300], "lr_factor": 0.1}
+                                   "lr_steps": [200, 300], "lr_factor": 0.1,
+                                   "warmup_epochs": 0, "clip_gradient": None}
     assert kd_nst["epochs"] == 400 and kd_nst["data"]["batch_size"] == 128
     assert [(t["loss"], t["weight"]) for t in kd_nst["transfer"]] == [("kd", 16), ("nst_poly", 25)]
     assert kd_nst["student"]["network"] == "inception_bn_small"
@@ -125,3 +127,42 @@ def test_tables_reference_existing_configs_and_quick_rows_are_valid():
 def test_validate_config_rejects_non_mapping_section():
     with pytest.raises(NSTError, match="must be a mapping"):
         validate_config(dict(MINIMAL, data=[1, 2]))
+
+
+# ------------------------------------------------------------------ fuzzing
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SAMPLE = (CONFIG_DIR / "cifar10" / "kd_nst.yaml").read_bytes()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(max_size=400),
+    st.integers(0, len(SAMPLE)).map(lambda n: SAMPLE[:n]),
+    st.tuples(st.integers(0, len(SAMPLE) - 1), st.binary(min_size=1, max_size=8)).map(
+        lambda p: SAMPLE[:p[0]] + p[1] + SAMPLE[p[0] + len(p[1]):])))
+def test_config_loader_fuzz_only_returns_data_or_a_clear_error(tmp_path, data):
+    """Random bytes, truncations and byte flips of a real config: the loader
+    returns a validated mapping or raises the project's own error, never
+    anything else (no YAMLError, KeyError, TypeError, UnicodeDecodeError...)."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(data)
+    # `extends: student.yaml` must resolve next to the fuzzed file
+    (tmp_path / "student.yaml").write_bytes((CONFIG_DIR / "cifar10" / "student.yaml").read_bytes())
+    try:
+        cfg = load_config(str(path))
+    except NSTError as err:
+        assert str(err)
+    else:
+        assert isinstance(cfg, dict) and cfg["epochs"] >= 1
+
+
+def test_alias_bombs_and_deep_nesting_are_refused(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n" \
+           "c: [*b, *b, *b, *b, *b, *b, *b, *b]\nname: x\nepochs: 1\n"
+    with pytest.raises(NSTError, match="aliases"):
+        load_config(write(tmp_path / "bomb.yaml", bomb))
+    with pytest.raises(NSTError, match="nested too deeply|not valid YAML"):
+        load_config(write(tmp_path / "deep.yaml", "a: " + "[" * 1200 + "]" * 1200 + "\n"))

@@ -8,7 +8,9 @@ needs /work/shared; the one test on upscaled CIFAR-10 images skips without it.
 
 import json
 import os
+import re
 import shutil
+import struct
 
 import mxnet as mx
 import numpy as np
@@ -152,6 +154,12 @@ def test_iterators_shapes_determinism_and_full_validation(packed):
     labels = np.concatenate([l for _, l in val]).astype(int)
     assert labels.tolist() == [int(r[0]) for r in read_records(packed, "val")]
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(val, _epoch(test, 3)))
+    # test_limit: the first images only
+    limited = imagenet.record_source(dict(_args_of(str(packed)), test_limit=7), seed=7,
+                                     local_batch=8).test
+    labels7 = [l for _, l in _epoch(limited, 0)]
+    assert [len(l) for l in labels7] == [5, 2]
+    assert np.concatenate(labels7).astype(int).tolist() == labels.tolist()[:7]
 
 
 def test_training_parts_for_dist_sync_workers(packed):
@@ -268,6 +276,8 @@ def test_symbol_checkpoint_teacher_matches_the_symbol(symbol_teacher):
     # a second device gets its own copy of the weights, with the same result
     other = net(mx.nd.array(normalised, ctx=mx.cpu(1)))[0]
     np.testing.assert_allclose(other.asnumpy(), want_logits, rtol=1e-4, atol=1e-4)
+    back = net(mx.nd.array(normalised, ctx=mx.cpu(0)))[0]
+    np.testing.assert_array_equal(back.asnumpy(), logits.asnumpy())
     # logits only
     only = symbols.get_model("mxnet_checkpoint", prefix=symbol_teacher, input_mean=[0, 0, 0],
                              input_std=[1, 1, 1])
@@ -301,9 +311,10 @@ def test_exported_gluon_net_and_gluoncv_model_as_teachers(tmp_path):
     net.hybridize()
     want_logits, want_in5b = net(x)
     net.export(str(tmp_path / "incbn"), 0)
+    heads = mx.sym.load(str(tmp_path / "incbn-symbol.json")).list_outputs()
+    assert heads[1] in _names(tmp_path / "incbn")  # in5b_bn: an internal name such as
     loaded = symbols.get_model("mxnet_checkpoint", prefix=str(tmp_path / "incbn"), epoch=0,
-                               features=[n for n in _names(tmp_path / "incbn")
-                                         if n.endswith("5b_concat1_output")])
+                               features=[heads[1][:-len("_output")]])  # inceptionbn0_5b_concat0
     got_logits, got_in5b = loaded(x)
     np.testing.assert_allclose(got_logits.asnumpy(), want_logits.asnumpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_in5b.asnumpy(), want_in5b.asnumpy(), rtol=1e-5, atol=1e-5)
@@ -372,7 +383,7 @@ def test_kd_nst_from_symbol_teacher_trains_evaluates_and_resumes(packed, symbol_
 
 
 # ------------------------------------------------------------ bad data sets
-def _one_line_error(capsys, argv, monkeypatch=None):
+def _one_line_error(capsys, argv):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
@@ -419,7 +430,6 @@ def test_corrupt_or_missing_files_give_one_clear_error(packed, tmp_path, capsys,
     elif damage == "bad_label":  # a classes.txt that lists fewer classes than the labels
         (folder / "classes.txt").write_text("a\nb\nc\nd\n")
         header = bytearray(rec.read_bytes())
-        import struct
         struct.pack_into("<f", header, offsets[3] + 12, 7.0)  # magic, length, flag, label
         rec.write_bytes(bytes(header))
     cfg = distill_config(folder, tmp_path / "run", "unused")
@@ -427,7 +437,7 @@ def test_corrupt_or_missing_files_give_one_clear_error(packed, tmp_path, capsys,
     err = _one_line_error(capsys, ["train", write_config(tmp_path / "c.yaml", cfg),
                                    "--no-progress"])
     assert err.startswith("nst train: error: ")
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def test_corrupt_image_data_found_while_reading(packed, tmp_path, capsys):
@@ -462,6 +472,16 @@ def test_nst_pack_command(tiny_images, packed, tmp_path, capsys, monkeypatch):
     err = _one_line_error(capsys, ["pack", tiny_images, str(tmp_path / "o"), "--val-dir",
                                    tiny_images, "--val-fraction", "0.2"])
     assert "either --val-dir or --val-fraction" in err
+    rec = out / "train.rec"
+    original = rec.read_bytes()
+    data = bytearray(original)
+    offsets = sorted(int(line.split("\t")[1])
+                     for line in (out / "train.idx").read_text().split("\n") if line)
+    data[offsets[5] + 8 + 24:offsets[5] + 8 + 24 + 200] = bytes(200)  # framing intact
+    rec.write_bytes(bytes(data))
+    err = _one_line_error(capsys, ["pack", "--verify", str(out), "--no-progress"])
+    assert "train.rec is corrupt: record 5 (in file order) holds no decodable image" in err
+    rec.write_bytes(original)
     (out / "val.idx").unlink()
     err = _one_line_error(capsys, ["pack", "--verify", str(out)])
     assert "without its index" in err
@@ -483,7 +503,8 @@ def test_imagenet_configs_follow_the_paper():
     for key, row in rows.items():
         cfg = load_config(str(CONFIG_DIR / row["config"]))
         assert cfg["optimizer"] == {"name": "nag", "lr": 0.1, "momentum": 0.9, "wd": 1e-4,
-                                    "lr_steps": [30, 60, 90], "lr_factor": 0.1}
+                                    "lr_steps": [30, 60, 90], "lr_factor": 0.1,
+                                    "warmup_epochs": 0, "clip_gradient": None}
         assert cfg["epochs"] == 100 and cfg["data"]["batch_size"] == 512
         assert (cfg["data"]["image_size"], cfg["data"]["val_resize"]) == (224, 256)
         assert cfg["student"]["network"] == ("preact_resnet101" if key == "teacher"
@@ -508,8 +529,35 @@ def test_imagenet_configs_follow_the_paper():
 def test_table3_printout():
     measured = {"student": {"test_top1_err": 26.0, "test_top5_err": 8.5},
                 "kd_nst": {"test_top1_err": 24.0, "test_top5_err": None}}
-    text = imagenet.format_table3(measured)
+    from train.experiments import format_table
+    text = format_table("table3", {"imagenet": measured})
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
     assert "| 25.74 | 26.00 | +0.26 | 8.07 | 8.50 | +0.43 |" in lines["Student"]
     assert "| 24.34 | 24.00 | -0.34 | 7.11 | — | — |" in lines["KD+NST*"]
     assert "not run" in lines["Teacher"] and "22.68" in lines["Teacher"]
+
+
+def test_dist_sync_workers_read_their_own_parts(packed, symbol_teacher, tmp_path):
+    """Two dist_sync workers (``nst launch``) on loopback: each reads its own half of
+    train.rec, gradients are summed, both end with identical students."""
+    import sys
+
+    from train.launch import launch
+
+    cfg = distill_config(packed, tmp_path / "dist", symbol_teacher, epochs=1)
+    cfg["data"].update(batch_size=16, train_limit=None)
+    cfg["train"]["kvstore"] = "dist_sync"
+    path = write_config(tmp_path / "dist.yaml", cfg)
+    command = [sys.executable, "-m", "nst.cli", "train", path, "--no-progress"]
+    codes = launch(command, workers=2, servers=1, timeout=300, log_dir=str(tmp_path / "logs"))
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "logs").iterdir()))
+    assert codes == [0, 0], logs
+    a = mx.nd.load(str(tmp_path / "dist" / "student.params"))
+    b = mx.nd.load(str(tmp_path / "dist" / "worker1" / "student.params"))
+    for key in a:
+        np.testing.assert_array_equal(a[key].asnumpy(), b[key].asnumpy(), err_msg=key)
+    log0 = json.loads((tmp_path / "dist" / "log.json").read_text())
+    log1 = json.loads((tmp_path / "dist" / "worker1" / "log.json").read_text())
+    # 18 of the 36 training images per worker: two local batches of 8
+    assert log0[0]["train_images"] == log1[0]["train_images"] == 16
+    assert log0[0]["loss_ce"] != log1[0]["loss_ce"]

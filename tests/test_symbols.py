@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mxnet.gluon import HybridBlock
 
-import symbols
+
 from nst.errors import NSTError
 from symbols import count_parameters, get_model, list_models
 

@@ -363,7 +363,7 @@ def test_tables_quick_table4_running_rows_and_bad_results(tmp_path, capsys):
     code, _, err = _cli(["tables", "--runs", str(runs), "--table", "table2"], capsys)
     assert code == 2 and "results.json is unreadable" in err
 
-    # Table 3 has top-1 and top-5 columns (train.imagenet.format_table3)
+    # Table 3 has top-1 and top-5 columns
     _results(runs / "imagenet" / "nst_poly", test_top1_err=30.0, test_top5_err=10.5)
     code, text, err = _cli(["tables", "--quick", "--runs", str(runs), "--table", "table3"],
                            capsys)

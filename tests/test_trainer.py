@@ -17,7 +17,6 @@ import symbols
 from nst.cli import main as nst_main
 from nst.errors import NSTError
 from train import checkpoint as ckpt
-from train.config import load_config
 from train.devices import parse_contexts
 from train.trainer import Distiller
 
@@ -266,3 +265,144 @@ def test_atomic_checkpoint_leaves_previous_on_failure(cifar_root, tmp_path, monk
     assert ckpt.read_manifest(str(tmp_path / "a")) == manifest
     leftovers = [n for n in os.listdir(tmp_path / "a" / "checkpoints") if n.startswith(".tmp")]
     assert leftovers == []
+
+
+def test_demo_command_end_to_end(tmp_path, capsys):
+    """`nst demo` (the README's first command) at one epoch per run: every row
+    trained, the table, curves and t-SNE written, numbers from this run."""
+    out = tmp_path / "demo"
+    assert nst_main(["demo", "--epochs", "1", "--out-root", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "demo.json").read_text())["digits"]
+    assert set(results) == {"teacher", "student", "kd", "nst_poly", "kd_nst"}
+    for key, result in results.items():
+        assert 0 <= result["test_top1_err"] <= 100
+        assert "%.2f" % result["test_top1_err"] in printed
+        assert (out / key / "student.params").exists()
+    assert results["kd_nst"]["transfer"] == [{"loss": "kd", "weight": 16.0},
+                                             {"loss": "nst_poly", "weight": 25.0}]
+    for png in ("demo_digits_curves.png", "demo_tsne.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "MMD^2 (poly)" in printed and "| KD+NST (poly) |" in (out / "demo.md").read_text()
+
+
+# ---------------------------------------------------------------- trainer hooks
+# Test-only losses exercising the generic hooks later methods use: list inputs
+# (FSP's layer pairs), sample indices (CRD's memory bank), activity windows and
+# the transfer-only stage (AB), and a loss pre-training stage (FT).
+from mxnet.gluon import HybridBlock  # noqa: E402
+
+from train.losses import register  # noqa: E402
+
+
+class _PairLoss(HybridBlock):
+    loss_name = "_test_pair"
+    inputs = "feature"
+    default_weight = 1.0
+    seen_shapes = []
+
+    def __init__(self, student_shape=None, teacher_shape=None):
+        super().__init__()
+        _PairLoss.seen_shapes.append((student_shape, teacher_shape))
+
+    def hybrid_forward(self, F, student, teacher):
+        s = [F.mean(F.square(f)) for f in student]
+        t = [F.stop_gradient(F.mean(F.square(f))) for f in teacher]
+        return F.square(s[0] - t[0]) + F.square(s[1] - t[1])
+
+
+class _IndexLoss(HybridBlock):
+    loss_name = "_test_index"
+    inputs = "logits"
+    default_weight = 1.0
+    needs_index = True
+    seen = []
+
+    def __init__(self, student_shape=None, teacher_shape=None, num_samples=None):
+        super().__init__()
+        _IndexLoss.num_samples = num_samples
+
+    def forward(self, student, teacher, index):  # imperative: records the indices
+        _IndexLoss.seen.append(index.asnumpy().astype(int))
+        return mx.nd.mean(mx.nd.square(student - teacher)) * 0
+
+
+class _PretrainLoss(HybridBlock):
+    loss_name = "_test_pretrain"
+    inputs = "feature"
+    default_weight = 1.0
+
+    def __init__(self, student_shape=None, teacher_shape=None):
+        super().__init__()
+        with self.name_scope():
+            self.scale = self.params.get("scale", shape=(1,), init=mx.init.Zero())
+
+    def pretrain_params(self):
+        return self.collect_params()
+
+    def pretrain_loss(self, teacher):  # learn the teacher feature's RMS
+        rms = mx.nd.sqrt(mx.nd.mean(mx.nd.square(teacher)))
+        return mx.nd.square(self.scale.data(teacher.context) - rms)
+
+    def hybrid_forward(self, F, student, teacher, scale):
+        return F.mean(F.square(student)) * 0 + F.sum(scale) * 0
+
+
+for _cls in (_PairLoss, _IndexLoss, _PretrainLoss):
+    try:
+        register(_cls)
+    except ValueError:  # module imported twice
+        pass
+
+
+def test_list_inputs_reach_the_loss_as_lists(cifar_root, teacher_checkpoint, tmp_path):
+    _PairLoss.seen_shapes.clear()
+    cfg = distill_config(cifar_root, tmp_path / "pair", teacher_checkpoint, epochs=1, transfer=[
+        {"loss": "_test_pair", "student": ["in4e", "in5b_bn"], "teacher": ["stage2", "stage3"]}])
+    result = run(cfg)
+    student_shapes, teacher_shapes = _PairLoss.seen_shapes[-1]
+    assert len(student_shapes) == 2 and student_shapes[1][1:] == (8, 8)
+    assert [s[0] for s in teacher_shapes] == [32, 64]  # ResNet-11 at width 0.25
+    assert np.isfinite(json.loads((tmp_path / "pair" / "log.json").read_text())[0]
+                       ["loss__test_pair"])
+    assert result["transfer"] == [{"loss": "_test_pair", "weight": 1.0}]
+
+
+def test_sample_indices_reach_index_losses(cifar_root, teacher_checkpoint, tmp_path):
+    _IndexLoss.seen.clear()
+    cfg = distill_config(cifar_root, tmp_path / "idx", teacher_checkpoint, epochs=1, transfer=[
+        {"loss": "_test_index", "student": "logits", "teacher": "logits"}])
+    run(cfg, cpus=2)
+    assert _IndexLoss.num_samples == 192
+    seen = np.concatenate(_IndexLoss.seen)
+    assert len(seen) == 192 and sorted(seen.tolist()) == list(range(192))
+
+
+def test_activity_windows_and_transfer_only_stage(cifar_root, teacher_checkpoint, tmp_path):
+    cfg = distill_config(cifar_root, tmp_path / "ab", teacher_checkpoint, epochs=2, transfer=[
+        {"loss": "nst_poly", "weight": 25, "student": "in5b_bn", "teacher": "stage3",
+         "end_epoch": 1}])
+    cfg["train"]["ce_start_epoch"] = 1
+    run(cfg)
+    log = json.loads((tmp_path / "ab" / "log.json").read_text())
+    # epoch 1: transfer only (CE logged but not optimised); epoch 2: CE only
+    assert log[0]["loss_total"] == pytest.approx(25 * log[0]["loss_nst_poly"], rel=1e-6)
+    assert log[1]["loss_nst_poly"] == 0 and log[1]["loss_total"] == pytest.approx(
+        log[1]["loss_ce"], rel=1e-6)
+
+
+def test_loss_pretraining_stage(cifar_root, teacher_checkpoint, tmp_path):
+    cfg = distill_config(cifar_root, tmp_path / "ft", teacher_checkpoint, epochs=1, transfer=[
+        {"loss": "_test_pretrain", "student": "in5b_bn", "teacher": "stage3",
+         "pretrain_epochs": 2}])
+    messages = []
+    distiller = Distiller(load_config_dict(cfg), parse_contexts(), progress=False,
+                          log=messages.append)
+    distiller.fit()
+    assert [m for m in messages if m.startswith("pre-training _test_pretrain")][-1] \
+        .startswith("pre-training _test_pretrain: epoch 2/2")
+    assert float(distiller.terms[0].block.scale.data().asscalar()) > 0.01
+    cfg["transfer"][0]["loss"] = "nst_poly"
+    with pytest.raises(NSTError, match="no pre-training stage"):
+        Distiller(load_config_dict(dict(cfg, out=str(tmp_path / "x"))), parse_contexts(),
+                  progress=False, log=lambda *_: None).fit()

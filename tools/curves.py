@@ -10,26 +10,16 @@ more than 10 classes (top-5 is recorded only then).
     nst curves runs/cifar10/student runs/cifar10/nst_poly --labels Student NST -o fig3.png
 """
 
-import json
 import os
 
 from nst.errors import NSTError
-from nst.io import write_json
+from nst.io import read_json, write_json
 
 from .plots import plot_error_curves
 
 __all__ = ["read_history", "summarise", "make_curves_figure", "add_arguments", "run"]
 
 METRICS = ("top1_err", "top5_err")
-
-
-def _read_json(path, what):
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError) as err:
-        raise NSTError("%s %s is unreadable (%s); the run folder is damaged: retrain the run "
-                       "or leave it out" % (what, path, err)) from err
 
 
 def read_history(run):
@@ -42,7 +32,8 @@ def read_history(run):
         raise NSTError("run folder %s has no log.json: it has not finished an epoch yet, or it "
                        "is not a run folder of `nst train`; train it (nst train CONFIG) or "
                        "leave it out" % run)
-    history = _read_json(path, "training log")
+    history = read_json(path, "training log", "the run folder is damaged: retrain the run "
+                        "or leave it out")
     if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r
                                                 for r in history):
         raise NSTError("%s is not a list of per-epoch records with an `epoch`; it was not "
@@ -97,8 +88,8 @@ def make_curves_figure(runs, out_png, labels=None, metric="top1_err", title=None
                            % (run, metric, hint))
         results = os.path.join(run, "results.json")
         item.update({"label": label, "run": run,
-                     "results": _read_json(results, "results") if os.path.isfile(results)
-                     else None})
+                     "results": read_json(results, "results file", "delete it and rerun the "
+                                          "run") if os.path.isfile(results) else None})
         histories[label] = history
         summary.append(item)
     plot_error_curves(histories, out_png, title=title, metric=metric)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nst.errors import NSTError
+from nst.io import read_json
 
 __all__ = ["ModelSpec", "read_run_config", "spec_from_run", "teacher_spec_from_run",
            "transfer_feature", "resolve_path", "load_network", "extract", "load_images",
@@ -75,12 +76,8 @@ def read_run_config(run):
                        "(or training has not written its first checkpoint yet); give a "
                        "trained run folder, or a .params file with the network options "
                        "(--net / --teacher-net / --student-net)" % run)
-    try:
-        with open(manifest, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise NSTError("%s is unreadable (%s); the run folder is damaged, retrain it or "
-                       "pass a .params file instead" % (manifest, err)) from err
+    data = read_json(manifest, "run manifest", "the run folder is damaged: retrain it or "
+                     "pass a .params file instead")
     cfg = data.get("config") if isinstance(data, dict) else None
     if not isinstance(cfg, dict) or "student" not in cfg:
         raise NSTError("%s has no `config` section; it was not written by `nst train` of this "

@@ -3,9 +3,8 @@
 Nothing is trained here: the tool reads the ``results.json`` of every row
 that has finished and renders the paper's tables with the published number,
 the measured one and the difference, using the renderers the table runners
-use (:func:`train.experiments.format_table` for Tables 1 and 2,
-:func:`train.imagenet.format_table3` for Table 3's top-1 and top-5 columns,
-:func:`detection.table4.format_table4` for Table 4), so ``nst tables`` prints
+use (:func:`train.experiments.format_table` for Tables 1-3, with top-1 and
+top-5 columns for Table 3, :func:`detection.table4.format_table4` for Table 4), so ``nst tables`` prints
 exactly what ``nst table`` / ``nst detect table4`` print.  The paper's numbers
 are data: ``configs/tables.yaml`` (Tables 1-3, with their sources) and
 ``configs/voc/table4.yaml`` (Table 4).
@@ -28,7 +27,7 @@ import json
 import os
 
 from nst.errors import NSTError
-from nst.io import write_json, write_text
+from nst.io import read_json, write_json, write_text
 
 __all__ = ["collect_table", "collect_table4", "render", "make_tables", "add_arguments", "run"]
 
@@ -39,12 +38,8 @@ QUICK_NOTE = ("> QUICK MODE: the measured numbers come from the scaled-down `--q
 
 
 def _read_results(path):
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise NSTError("results file %s is unreadable (%s); delete it and rerun the row (its "
-                       "checkpoints are kept, so it resumes)" % (path, err)) from err
+    data = read_json(path, "results file", "delete it and rerun the row (its checkpoints "
+                     "are kept, so it resumes)")
     if not isinstance(data, dict):
         raise NSTError("results file %s is not a JSON object; delete it and rerun the row"
                        % path)
@@ -108,20 +103,10 @@ def _running_note(running):
 
 
 def _render_table(name, measured):
-    """Table 1, 2 (or the demo's) via train.experiments.format_table; Table 3 (top-1 and
-    top-5) via train.imagenet.format_table3."""
-    from train.experiments import format_table, table_spec
+    """Tables 1-3 (or the demo's) via train.experiments.format_table."""
+    from train.experiments import format_table
 
-    if name == "table3":
-        try:
-            from train.imagenet import format_table3
-        except ImportError:
-            format_table3 = None
-        if format_table3 is not None:
-            return format_table3(measured.get("imagenet") or {}, name)
-    spec = table_spec(name)
-    metric = (spec.get("metrics") or ["test_top1_err"])[0]     # the metric of `paper`
-    return format_table(name, measured, list(measured), metric=metric)
+    return format_table(name, measured, list(measured))
 
 
 def render(tables, runs_root, voc_root, quick=False):

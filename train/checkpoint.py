@@ -13,13 +13,12 @@ transfer losses that learn (FitNet's regressor ...), the optimiser state
 the epoch), the running sums of the epoch's metrics and the RNG state.
 """
 
-import json
 import os
 
 import numpy as np
 
 from nst.errors import NSTError
-from nst.io import atomic_path, write_json
+from nst.io import atomic_path, read_json, write_json
 
 MANIFEST = "checkpoint.json"
 FOLDER = "checkpoints"
@@ -34,12 +33,8 @@ def read_manifest(out_dir):
     path = manifest_path(out_dir)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise NSTError("checkpoint manifest %s is unreadable (%s); delete it to start "
-                       "over or restore it from a backup" % (path, err)) from err
+    manifest = read_json(path, "checkpoint manifest", "delete it to start over or restore "
+                         "it from a backup")
     for key in ("epoch", "step_in_epoch", "global_step", "files"):
         if key not in manifest:
             raise NSTError("checkpoint manifest %s lacks %r; delete it to start over" % (path, key))
@@ -55,22 +50,22 @@ def write_checkpoint(out_dir, tag, student, transfer_blocks, trainer, state, kee
     folder = os.path.join(out_dir, FOLDER)
     files = {}
     student_rel = os.path.join(FOLDER, "%s-student.params" % tag)
-    with atomic_path(os.path.join(out_dir, student_rel)) as tmp:
+    with atomic_path(os.path.join(out_dir, student_rel), "checkpoint-write") as tmp:
         student.save_parameters(tmp)
     files["student"] = student_rel
     for index, block in enumerate(transfer_blocks):
         if not block.collect_params():
             continue
         rel = os.path.join(FOLDER, "%s-transfer%d.params" % (tag, index))
-        with atomic_path(os.path.join(out_dir, rel)) as tmp:
+        with atomic_path(os.path.join(out_dir, rel), "checkpoint-write") as tmp:
             block.save_parameters(tmp)
         files["transfer%d" % index] = rel
     states_rel = os.path.join(FOLDER, "%s-trainer.states" % tag)
-    with atomic_path(os.path.join(out_dir, states_rel)) as tmp:
+    with atomic_path(os.path.join(out_dir, states_rel), "checkpoint-write") as tmp:
         trainer.save_states(tmp)
     files["trainer"] = states_rel
     manifest = dict(state, files=files, tag=tag)
-    write_json(manifest_path(out_dir), manifest)
+    write_json(manifest_path(out_dir), manifest, "checkpoint-write")
     _prune(folder, keep_tags=_recent_tags(folder, tag, keep))
     return manifest
 

@@ -39,9 +39,12 @@ NUMBER = (int, float)
 TRANSFER_SCHEMA = {
     "loss": (str, REQUIRED),
     "weight": (NUMBER + (type(None),), None),    # None: the loss's paper default
-    "student": (str, REQUIRED),                  # feature name, or "logits"
-    "teacher": (str, REQUIRED),
+    "student": ((str, list), REQUIRED),          # feature name, "logits", or a list of names
+    "teacher": ((str, list), REQUIRED),
     "params": (dict, {}),
+    "start_epoch": (int, 0),                     # active for start_epoch <= epoch < end_epoch
+    "end_epoch": (int, None),                    # (epochs counted from 0; None: to the end)
+    "pretrain_epochs": (int, 0),                 # epochs of the loss's own pre-training stage
 }
 
 SCHEMA = {
@@ -84,8 +87,11 @@ SCHEMA = {
         "wd": (NUMBER, 1e-4),
         "lr_steps": (list, []),                  # epochs at which lr *= lr_factor
         "lr_factor": (NUMBER, 0.1),
+        "warmup_epochs": (NUMBER, 0),            # linear warm-up from 0 over these epochs
+        "clip_gradient": (NUMBER, None),         # clip each gradient element to +-this
     },
     "train": {
+        "ce_start_epoch": (int, 0),              # cross-entropy from this epoch on (AB's init stage)
         "kvstore": (str, "device"),
         "log_interval": (int, 20),               # steps between progress/NaN checks
         "eval_every": (int, 1),
@@ -153,6 +159,11 @@ def _validate_transfer(cfg, source):
     entries = cfg["transfer"]
     for i, entry in enumerate(entries):
         _validate(entry, TRANSFER_SCHEMA, "transfer[%d]." % i, source)
+        for side in ("student", "teacher"):
+            names = entry[side] if isinstance(entry[side], list) else [entry[side]]
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise NSTError("%s: transfer[%d].%s must be a feature name or a non-empty list "
+                               "of feature names, got %r" % (source, i, side, entry[side]))
     if entries and cfg.get("teacher") is None:
         raise NSTError("%s: transfer losses are configured but there is no 'teacher' "
                        "section; add teacher.network and teacher.checkpoint" % source)
@@ -177,10 +188,17 @@ def _read_yaml(path, chain=()):
                        "such as configs/cifar10/kd_nst.yaml" % path)
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            text = handle.read()
+        # aliases let a few lines expand into an exponentially large document
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text)):
+            raise NSTError("config %s uses YAML aliases (*name); write the values out, or "
+                           "share settings with `extends:`" % path)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise NSTError("config %s is not valid YAML (only plain data is accepted, no "
                        "Python tags): %s" % (path, str(err).replace("\n", " "))) from err
+    except RecursionError as err:
+        raise NSTError("config %s is nested too deeply to be a config" % path) from err
     except (OSError, UnicodeDecodeError) as err:
         raise NSTError("cannot read config %s: %s" % (path, err)) from err
     if data is None:

@@ -687,6 +687,11 @@ class ArrayBatches:
         return n // b if self.last_batch == "discard" else -(-n // b)
 
     @property
+    def dataset_size(self):
+        """Images in the underlying data set (indices run from 0 to this - 1)."""
+        return len(self.images)
+
+    @property
     def num_samples(self):
         """Samples yielded per epoch."""
         return min(len(self) * self.batch_size, len(self.images))
@@ -704,8 +709,13 @@ class ArrayBatches:
             return np.arange(len(self.images))
         return np.random.default_rng([self.seed, epoch, 0]).permutation(len(self.images))
 
-    def iter_epoch(self, epoch, start=0):
-        """Yield the batches of ``epoch`` from batch index ``start`` on."""
+    def iter_epoch(self, epoch, start=0, with_index=False):
+        """Yield the batches of ``epoch`` from batch index ``start`` on.
+
+        ``with_index=True`` adds each sample's index into the data set (float32),
+        ``(data, label, index)``, for losses that keep per-sample state (CRD's
+        memory bank).
+        """
         order = self.order(epoch)
         for k in range(start, len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
@@ -715,7 +725,10 @@ class ArrayBatches:
             else:
                 data = np.empty((len(idx), batch.shape[3]) + batch.shape[1:3], np.float32)
                 _normalize_into(batch.transpose(0, 3, 1, 2), self._scale, self._shift, data)
-            yield data, self.labels[idx]
+            if with_index:
+                yield data, self.labels[idx], idx.astype(np.float32)
+            else:
+                yield data, self.labels[idx]
 
     def __iter__(self):
         epoch = self.epoch

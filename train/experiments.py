@@ -116,28 +116,50 @@ def _fmt(value):
     return "—" if value is None else "%.2f" % value
 
 
-def format_table(name, measured, datasets=None, metric="test_top1_err"):
-    """Markdown table of one paper table: paper, measured and difference per dataset.
+# the key of each row's published numbers, per metric
+PAPER_KEYS = {"test_top1_err": "paper", "test_top5_err": "paper_top5"}
+METRIC_NAMES = {"test_top1_err": "Top-1", "test_top5_err": "Top-5"}
+
+
+def format_table(name, measured, datasets=None, metrics=None):
+    """Markdown table of one paper table: paper, measured and difference.
 
     ``measured`` maps dataset -> {row key: results dict}; rows without results
-    are marked "not run".
+    are marked "not run".  ``metrics`` default to the table's ``metrics``
+    (``test_top1_err``, and ``test_top5_err`` for ImageNet); each row's
+    published numbers are under ``paper`` (top-1) and ``paper_top5``.  A
+    dataset for which the paper published nothing (the demo) gets the measured
+    column only.
     """
     spec = table_spec(name)
     datasets = datasets or spec["datasets"]
+    metrics = metrics or spec.get("metrics") or ["test_top1_err"]
+    columns = [(ds, m) for ds in datasets for m in metrics]
+
+    def paper_of(row, ds, metric):
+        return (row.get(PAPER_KEYS[metric]) or {}).get(ds)
+
+    has_paper = {c: any(paper_of(row, *c) is not None for row in spec["rows"]) for c in columns}
     head = ["Method", "Model"]
-    for ds in datasets:
-        head += ["%s paper" % ds, "%s measured" % ds, "Δ"]
+    for ds, metric in columns:
+        label = ds if len(metrics) == 1 else "%s %s" % (METRIC_NAMES[metric], ds) \
+            if len(datasets) > 1 else METRIC_NAMES[metric]
+        head += ["%s paper" % label, "%s measured" % label, "Δ"] if has_paper[(ds, metric)] \
+            else ["%s measured" % label]
     lines = ["**%s**" % spec["title"], "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for row in spec["rows"]:
         cells = [row["method"], row.get("model", "")]
-        for ds in datasets:
-            paper = (row.get("paper") or {}).get(ds)
+        for ds, metric in columns:
+            paper = paper_of(row, ds, metric)
             result = (measured.get(ds) or {}).get(row["key"])
             value = None if result is None else result.get(metric)
+            shown = "not run" if result is None else _fmt(value)
+            if not has_paper[(ds, metric)]:
+                cells.append(shown)
+                continue
             diff = None if paper is None or value is None else value - paper
-            cells += [_fmt(paper), "not run" if result is None else _fmt(value),
-                      "—" if diff is None else "%+.2f" % diff]
+            cells += [_fmt(paper), shown, "—" if diff is None else "%+.2f" % diff]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Source of the paper's numbers: %s." % spec.get("source", "")]
     return "\n".join(lines)

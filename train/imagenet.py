@@ -183,10 +183,14 @@ def check_recordio(rec_path, idx_path, classes=None, full=None):
                        % size)
     keys, offsets = read_index(idx_path, rec_path)
     count = len(offsets)
-    if offsets[0] < 0 or offsets[-1] > size - 8 or (np.diff(offsets) <= 0).any():
+    if offsets[0] < 0 or offsets[-1] > size - 8:
         bad = int(offsets[-1]) if offsets[-1] > size - 8 else int(offsets[0])
         raise _corrupt(rec_path, "its index %s points at byte %d but the file has %d bytes "
                        "(truncated, or the index belongs to another file)" % (idx_path, bad, size))
+    if (np.diff(offsets) <= 0).any():
+        twice = int(offsets[1:][np.diff(offsets) <= 0][0])
+        raise _corrupt(rec_path, "its index %s lists the record at byte %d twice"
+                       % (idx_path, twice))
     if full is None:
         full = count <= FULL_CHECK_RECORDS
     if full:
@@ -292,9 +296,11 @@ class RecordBatches:
         try:
             return mx.io.ImageRecordIter(**args)
         except mx.base.MXNetError as err:
-            raise NSTError("cannot open %s with mx.io.ImageRecordIter (%s); check the data "
-                           "options (data.image_size, data.val_resize) or re-create the file "
-                           "with nst pack" % (self.rec_path, _first_line(err))) from err
+            # the iterator decodes its first batches at once: corrupt images show up here
+            raise NSTError("reading %s failed (%s); the file is corrupt or the data options "
+                           "(data.image_size, data.val_resize) do not fit it: re-create it with "
+                           "nst pack (nst pack --verify DIR checks every record)"
+                           % (self.rec_path, _first_line(err))) from err
 
     def iter_epoch(self, epoch, start=0):
         import mxnet as mx
@@ -311,7 +317,7 @@ class RecordBatches:
                 except mx.base.MXNetError as err:
                     raise NSTError("reading %s failed at batch %d (%s); the file is corrupt: "
                                    "re-create it with nst pack (nst pack --verify DIR checks "
-                                   "every record)" % (self.rec_path, index,
+                                   "every record)" % (self.rec_path, index + 1,
                                                       _first_line(err))) from err
                 if index < start:
                     continue
@@ -381,43 +387,3 @@ def record_source(dcfg, seed, local_batch, rank=0, num_workers=1):
 
 
 # ----------------------------------------------------------- Table 3 printing
-def format_table3(measured, table="table3"):
-    """Markdown Table 3: top-1 and top-5 error, paper beside measured.
-
-    ``measured`` is ``{row key: results dict}`` (``results.json`` of each row).
-    """
-    from train.experiments import table_spec
-
-    spec = table_spec(table)
-    head = "| Method | Model | Top-1 paper | Top-1 measured | Δ | Top-5 paper | Top-5 measured | Δ |"
-    lines = ["**%s**" % spec["title"], "", head, "|" + "---|" * 8]
-    for row in spec["rows"]:
-        result = measured.get(row["key"])
-        cells = [row["method"], row.get("model", "")]
-        for metric, papers in (("test_top1_err", row.get("paper")),
-                               ("test_top5_err", row.get("paper_top5"))):
-            paper = (papers or {}).get("imagenet")
-            value = None if result is None else result.get(metric)
-            cells += ["—" if paper is None else "%.2f" % paper,
-                      "not run" if result is None else "—" if value is None else "%.2f" % value,
-                      "—" if paper is None or value is None else "%+.2f" % (value - paper)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Single centre crop of the validation images.  Source of the paper's numbers: "
-              "%s." % spec.get("source", ""),
-              "Top-5 error is recorded for data sets of more than 10 classes."]
-    return "\n".join(lines)
-
-
-def print_table3(out_root, table="table3"):
-    """Print :func:`format_table3` for the runs under ``out_root/imagenet/<row>``."""
-    import json
-
-    from train.experiments import table_spec
-
-    measured = {}
-    for row in table_spec(table)["rows"]:
-        path = os.path.join(out_root, "imagenet", row["key"], "results.json")
-        if os.path.isfile(path):
-            with open(path, "r", encoding="utf-8") as handle:
-                measured[row["key"]] = json.load(handle)
-    print(format_table3(measured, table))

@@ -179,7 +179,8 @@ def pack(image_dir, out_dir, val_dir=None, val_fraction=None, resize=256, qualit
                        % resize)
     classes = list_classes(image_dir)
     items = list_images(image_dir, classes)
-    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in items)]
+    present = {label for _, label in items}
+    empty = [c for i, c in enumerate(classes) if i not in present]
     if empty:
         raise NSTError("class folder(s) %s of %s hold no images (%s); remove them or add "
                        "images" % (", ".join(empty[:5]), image_dir, "/".join(IMAGE_EXTENSIONS)))
@@ -237,8 +238,51 @@ def pack(image_dir, out_dir, val_dir=None, val_fraction=None, resize=256, qualit
     return stats
 
 
-def verify(out_dir, log=print):
-    """Check every record of ``out_dir``'s splits; returns ``{split: records}``."""
+def _decodes(payload):
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    return image is not None and image.size > 0
+
+
+def decode_all(rec_path, count, threads=4, progress=True):
+    """Decode every image of ``rec_path`` (in file order); NSTError at the first bad one."""
+    import mxnet as mx
+
+    from train.imagenet import _corrupt
+
+    reader = mx.recordio.MXRecordIO(rec_path, "r")
+    bar = _progress(count, "verify " + os.path.basename(rec_path), progress)
+    index = 0
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            while True:
+                payloads = []
+                for _ in range(CHUNK * max(1, threads)):
+                    record = reader.read()
+                    if record is None:
+                        break
+                    payloads.append(mx.recordio.unpack(record)[1])
+                if not payloads:
+                    break
+                for ok in pool.map(_decodes, payloads):
+                    if not ok:
+                        raise _corrupt(rec_path, "record %d (in file order) holds no decodable "
+                                       "image" % index)
+                    index += 1
+                bar.update(len(payloads))
+    except mx.base.MXNetError as err:
+        raise _corrupt(rec_path, "record %d (in file order) cannot be read (%s)"
+                       % (index, str(err).strip().splitlines()[-1][:200])) from err
+    finally:
+        reader.close()
+        bar.close()
+    return index
+
+
+def verify(out_dir, threads=4, progress=True, log=print):
+    """Check every record of ``out_dir``'s splits (framing, label, image); returns
+    ``{split: records}``."""
     from train.imagenet import SPLITS, check_recordio, read_classes, split_paths
 
     classes = read_classes(out_dir)
@@ -246,6 +290,7 @@ def verify(out_dir, log=print):
     for split in SPLITS:
         rec, idx = split_paths(out_dir, split)
         counts[split] = check_recordio(rec, idx, classes=len(classes), full=True)
+        decode_all(rec, counts[split], threads=threads, progress=progress)
     log("%s: %d training and %d validation records of %d classes, all intact"
         % (out_dir, counts["train"], counts["val"], len(classes)))
     return counts
@@ -398,13 +443,14 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the training-record order and of --val-fraction")
     parser.add_argument("--verify", metavar="DIR", default=None,
-                        help="instead of packing, check every record of the packed folder DIR")
+                        help="instead of packing, check every record (framing, label, image) "
+                             "of the packed folder DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args):
     if args.verify:
-        verify(args.verify)
+        verify(args.verify, threads=args.threads, progress=not args.no_progress)
         return 0
     if not args.image_dir or not args.out_dir:
         raise NSTError("give IMAGE_DIR and OUT_DIR, e.g. nst pack ~/ILSVRC2012/train "

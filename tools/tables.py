@@ -28,13 +28,11 @@ import os
 
 from nst.errors import NSTError
 from nst.io import read_json, write_json, write_text
+from train.experiments import QUICK_NOTE
 
 __all__ = ["collect_table", "collect_table4", "render", "make_tables", "add_arguments", "run"]
 
 DEFAULT_TABLES = ("table1", "table2", "table3", "table4")
-QUICK_NOTE = ("> QUICK MODE: the measured numbers come from the scaled-down `--quick` runs "
-              "(a few epochs, small networks; see `quick` in configs/tables.yaml). They check "
-              "the pipeline and are not a reproduction of the paper's numbers.")
 
 
 def _read_results(path):

@@ -257,16 +257,33 @@ def validate_config(data, source="config"):
 
 
 def set_values(data, values):
-    """Set dotted keys, ``{'data.batch_size': 64}``, in a raw config mapping."""
+    """Set dotted keys in a raw config mapping: ``{'data.batch_size': 64}``;
+    a number selects a list item: ``{'transfer.0.end_epoch': 1}``."""
     for dotted, value in (values or {}).items():
         keys = dotted.split(".")
         node = data
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
+        for depth, key in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(node, key, dotted)]
+                continue
+            if not isinstance(node.get(key), (dict, list)):
                 node[key] = {}
             node = node[key]
-        node[keys[-1]] = copy.deepcopy(value)
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], dotted)] = copy.deepcopy(value)
+        else:
+            node[keys[-1]] = copy.deepcopy(value)
     return data
+
+
+def _list_index(items, key, dotted):
+    try:
+        index = int(key)
+        items[index]
+    except (ValueError, IndexError):
+        raise NSTError("override %r: %r is not an index of a list of %d item(s)"
+                       % (dotted, key, len(items))) from None
+    return index
 
 
 def read_config(path):

@@ -68,6 +68,7 @@ def row_config(spec, row, dataset, out_root, data_root=None, quick=False, overri
             if key.startswith("teacher.") and raw.get("teacher") is None:
                 continue
             values[key] = value
+        values.update(row.get("quick") or {})  # the row's own quick overrides
     if raw.get("teacher") is not None:
         teacher_row = next((r for r in spec["rows"] if r.get("role") == "teacher"), None)
         if teacher_row is not None:
@@ -114,6 +115,11 @@ def run_table(name, dataset, out_root="runs", data_root=None, quick=False, conte
 
 def _fmt(value):
     return "—" if value is None else "%.2f" % value
+
+
+QUICK_NOTE = ("> QUICK MODE: the measured numbers come from the scaled-down `--quick` runs "
+              "(a few epochs, small networks; see `quick` in configs/tables.yaml). They check "
+              "the pipeline and are not a reproduction of the paper's numbers.")
 
 
 # the key of each row's published numbers, per metric
@@ -165,11 +171,13 @@ def format_table(name, measured, datasets=None, metrics=None):
     return "\n".join(lines)
 
 
-def write_table_outputs(name, measured, out_root, datasets=None):
+def write_table_outputs(name, measured, out_root, datasets=None, quick=False):
     """Write ``<out_root>/<name>.md`` and ``<name>.json`` and the joint curves PNG."""
     from tools.plots import plot_error_curves
 
     text = format_table(name, measured, datasets)
+    if quick:
+        text += "\n\n" + QUICK_NOTE
     write_text(os.path.join(out_root, name + ".md"), text + "\n")
     write_json(os.path.join(out_root, name + ".json"), measured)
     spec = table_spec(name)
@@ -222,6 +230,6 @@ def run(args):
                                  quick=args.quick, contexts=contexts, kvstore=args.kvstore,
                                  progress=not args.no_progress, overrides=overrides)
     print()
-    print(write_table_outputs(args.table, measured, out_root, datasets))
+    print(write_table_outputs(args.table, measured, out_root, datasets, quick=args.quick))
     print("\nwritten: %s/%s.md, %s.json and the curves PNG" % (out_root, args.table, args.table))
     return 0

@@ -505,11 +505,14 @@ class Distiller:
                         desc="epoch %d/%d" % (epoch + 1, cfg["epochs"]))
         tic = time.time()
         images = 0
+        stale_ok = any(not t.active(epoch) and t.block.collect_params() for t in self.terms)
         for batch in batches:
             data = batch[0]
             components, logits, labels = self._forward_backward(
                 epoch, *[_as_ndarray(part) for part in batch])
-            self.trainer.step(self.global_batch)
+            # a loss outside its activity window leaves its own parameters
+            # (AB's connector after the init stage) without gradient: skip them
+            self.trainer.step(self.global_batch, ignore_stale_grad=stale_ok)
             faults.checkpoint("step")
             pending.append(components)
             pending_correct.extend(self._correct_counts(o, y) for o, y in zip(logits, labels))

@@ -4,6 +4,8 @@ J. Kim, S. Park and N. Kwak, "Paraphrasing Complex Network: Network
 Compression via Factor Transfer", NeurIPS 2018.
 """
 
+import warnings
+
 import mxnet as mx
 from mxnet.gluon import nn
 
@@ -184,7 +186,9 @@ class FTLoss(TransferLoss):
 
     def forward(self, student, teacher):
         self._freeze_paraphraser()
-        return super().forward(student, teacher)
+        with warnings.catch_warnings():   # the decoder is not part of this graph, by design
+            warnings.filterwarnings("ignore", message=".*is not used by any computation.*")
+            return super().forward(student, teacher)
 
     def factors_of(self, F, student, teacher):
         """(student factor, teacher factor), unnormalised, before any resize."""

@@ -31,7 +31,6 @@ Outputs in the run folder (``out``), mirroring the classification trainer:
 
 import json
 import os
-import signal
 import time
 import warnings
 
@@ -299,21 +298,10 @@ class DetectionTrainer:
                               ckpt.manifest_path(self.out)))
         return values.sum(axis=0)
 
-    def _install_signal_handlers(self):
-        def handler(signum, _frame):
-            self._stop_signal = signum
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return previous
-
     def fit(self, resume=False):
         """Train to ``cfg['epochs']`` and test; returns the results dict (None if stopped)."""
         cfg = self.cfg
-        os.makedirs(self.out, exist_ok=True)
+        ckpt.prepare_run_folder(self.out)
         manifest = ckpt.read_manifest(self.out)
         if manifest is not None and not resume:
             raise NSTError("%s already holds a detection run (checkpoint at epoch %d); pass "
@@ -338,19 +326,15 @@ class DetectionTrainer:
                 self.log("no checkpoint in %s; starting from scratch" % self.out)
             history = []
             write_json(os.path.join(self.out, "config.json"), cfg)
-        previous = self._install_signal_handlers()
-        try:
+        with ckpt.stop_requests(self):
             for epoch in range(start_epoch, cfg["epochs"]):
                 record = self._train_epoch(epoch, start_step if epoch == start_epoch else 0,
                                            sums if epoch == start_epoch else None)
-                if record is None:
+                if record is None:  # stopped by a signal: the checkpoint is written
                     return None
                 history.append(record)
                 write_log(self.out, history)
                 self._save(epoch + 1, 0, None)
-        finally:
-            for sig, prev in previous.items():
-                signal.signal(sig, prev)
         return self._finish(history)
 
     def _train_epoch(self, epoch, start_step, sums):

@@ -151,8 +151,8 @@ def test_resume_mid_epoch_after_signal_equals_uninterrupted(cifar_root, teacher_
     original = distiller.trainer.step
     calls = {"n": 0}
 
-    def step_then_signal(batch_size):
-        original(batch_size)
+    def step_then_signal(batch_size, **kwargs):
+        original(batch_size, **kwargs)
         calls["n"] += 1
         if calls["n"] == 9:  # epoch 2, step 3: as if SIGTERM arrived
             distiller._stop_signal = 15

@@ -13,12 +13,14 @@ transfer losses that learn (FitNet's regressor ...), the optimiser state
 the epoch), the running sums of the epoch's metrics and the RNG state.
 """
 
+import contextlib
 import os
+import signal
 
 import numpy as np
 
 from nst.errors import NSTError
-from nst.io import atomic_path, read_json, write_json
+from nst.io import atomic_path, read_json, remove_stale_temporaries, write_json
 
 MANIFEST = "checkpoint.json"
 FOLDER = "checkpoints"
@@ -117,3 +119,38 @@ def _prune(folder, keep_tags):
                 os.remove(os.path.join(folder, name))
             except OSError:
                 pass
+
+
+def prepare_run_folder(out_dir):
+    """Create the run folder (clear error if impossible) and remove the temporary
+    files a run killed while writing left behind."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as err:
+        raise NSTError("cannot create the run folder %s (%s); choose a writable output "
+                       "folder with --out" % (out_dir, err.strerror or err)) from err
+    if not os.access(out_dir, os.W_OK):
+        raise NSTError("the run folder %s is not writable; choose another with --out" % out_dir)
+    for folder in (out_dir, os.path.join(out_dir, FOLDER)):
+        remove_stale_temporaries(folder)
+
+
+@contextlib.contextmanager
+def stop_requests(owner):
+    """While active, SIGTERM and SIGINT set ``owner._stop_signal`` instead of
+    killing the process, so the training loop can finish its step, write a
+    checkpoint and return; the previous handlers are restored afterwards."""
+    def handler(signum, _frame):
+        owner._stop_signal = signum
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: signals stay with their owner
+            pass
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)

@@ -29,7 +29,6 @@ Outputs in the run folder (``out``):
 """
 
 import os
-import signal
 import time
 
 import mxnet as mx
@@ -39,7 +38,7 @@ from mxnet import autograd, gluon
 import symbols
 from nst.errors import NSTError
 from nst import faults
-from nst.io import remove_stale_temporaries, write_json
+from nst.io import write_json
 from train import checkpoint as ckpt
 from train.batches import build_batches
 from train.devices import create_kvstore
@@ -429,30 +428,10 @@ class Distiller:
                 self.log("pre-training %s: epoch %d/%d, loss %.4g"
                          % (term.label, epoch + 1, term.pretrain_epochs, value))
 
-    def _install_signal_handlers(self):
-        def handler(signum, _frame):
-            self._stop_signal = signum
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-        return previous
-
     def fit(self, resume=False):
         """Train to ``cfg['epochs']``; returns the results dict."""
         cfg = self.cfg
-        try:
-            os.makedirs(self.out, exist_ok=True)
-        except OSError as err:
-            raise NSTError("cannot create the run folder %s (%s); choose a writable output "
-                           "folder with --out" % (self.out, err.strerror or err)) from err
-        if not os.access(self.out, os.W_OK):
-            raise NSTError("the run folder %s is not writable; choose another with --out"
-                           % self.out)
-        for folder in (self.out, os.path.join(self.out, ckpt.FOLDER)):
-            remove_stale_temporaries(folder)  # left by a run killed while writing
+        ckpt.prepare_run_folder(self.out)
         manifest = ckpt.read_manifest(self.out)
         history = read_log(self.out)
         start_epoch, start_step, sums = 0, 0, None
@@ -473,19 +452,15 @@ class Distiller:
                 self.log("no checkpoint in %s; starting from scratch" % self.out)
             history = []
             self._pretrain_terms()
-        previous_handlers = self._install_signal_handlers()
-        try:
+        with ckpt.stop_requests(self):
             for epoch in range(start_epoch, cfg["epochs"]):
                 record = self._train_epoch(epoch, start_step if epoch == start_epoch else 0,
                                            sums if epoch == start_epoch else None)
-                if record is None:  # interrupted by a signal: checkpoint written
+                if record is None:  # stopped by a signal: the checkpoint is written
                     return None
                 history.append(record)
                 write_log(self.out, history)
                 self._save(epoch + 1, 0, None)
-        finally:
-            for sig, prev in previous_handlers.items():
-                signal.signal(sig, prev)
         return self._finish(history)
 
     def _train_epoch(self, epoch, start_step, sums):

@@ -36,16 +36,17 @@ from .kd import KDLoss
 from .fitnet import FitNetLoss
 from .at import ATLoss
 from .nst import NSTLinear, NSTPoly, NSTGaussian, poly_form, poly_form_costs
+from .sp import SPLoss
+from .ab import ABLoss
+from .rkd import RKDLoss
+from .pkt import PKTLoss
+from .cc import CCLoss
+from .vid import VIDLoss
+from .fsp import FSPLoss
+from .ft import FTLoss
+from .crd import CRDLoss
 
 __all__ = ["get_loss", "list_losses", "loss_class", "register", "TransferLoss",
            "KDLoss", "FitNetLoss", "ATLoss", "NSTLinear", "NSTPoly", "NSTGaussian",
-           "poly_form", "poly_form_costs"]
-from .fsp import FSPLoss  # noqa: E402,F401
-from .ft import FTLoss  # noqa: E402,F401
-from .crd import CRDLoss  # noqa: E402,F401
-from .sp import SPLoss  # noqa: E402,F401
-from .ab import ABLoss  # noqa: E402,F401
-from .rkd import RKDLoss  # noqa: E402,F401
-from .pkt import PKTLoss  # noqa: E402,F401
-from .cc import CCLoss  # noqa: E402,F401
-from .vid import VIDLoss  # noqa: E402,F401
+           "SPLoss", "ABLoss", "RKDLoss", "PKTLoss", "CCLoss", "VIDLoss",
+           "FSPLoss", "FTLoss", "CRDLoss", "poly_form", "poly_form_costs"]

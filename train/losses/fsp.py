@@ -102,6 +102,8 @@ class FSPLoss(TransferLoss):
 
     loss_name = "fsp"
     inputs = "feature"
+    #: the inputs are lists of (at least) this many layers
+    input_layers = 2
     default_weight = 1.0
     defaults = {"connector": "auto"}
 

@@ -37,6 +37,7 @@ def atomic_path(path, fault_point=None):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; publish like open() would
         if fault_point:
             faults.checkpoint(fault_point)
         os.replace(tmp, path)
@@ -48,6 +49,12 @@ def atomic_path(path, fault_point=None):
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path):

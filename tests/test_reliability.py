@@ -193,3 +193,14 @@ def test_all_zero_feature_maps_give_finite_losses_and_gradients(name):
     assert np.isfinite(value.asnumpy()).all(), name
     for s in students:
         assert np.isfinite(s.grad.asnumpy()).all(), name
+
+
+def test_published_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the published file must be
+    readable like one written with open()."""
+    from nst.io import write_json
+    path = tmp_path / "out.json"
+    write_json(str(path), {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask

@@ -93,4 +93,5 @@ def get_model(name, classes=None, features=None, **kwargs):
 
 
 def _known_names():
-    return ", ".join(list_models()) + " (and preact_resnet{depth}_cifar for any depth = 9n+2)"
+    return ", ".join(list_models()) + " (and preact_resnet{depth}_cifar for any depth = 9n+2; " \
+        "teachers from existing checkpoints: mxnet_checkpoint, gluoncv:<model-zoo name>)"

@@ -568,10 +568,13 @@ class Augmenter:
     He et al. 2016, with ``pad=4``).
 
     Implementation: the batch is written once into a reused zero-bordered
-    buffer that holds each padded image and its mirror image; one fancy-index
-    gather over ``sliding_window_view`` of that buffer picks every crop,
-    already mirrored and already channel-first, and a fused multiply-add
-    writes the float32 result.  No Python loop per image.
+    buffer of padded images; two fancy-index gathers over
+    ``sliding_window_view`` of that buffer -- one for the unmirrored crops,
+    one over a left-right reversed *view* of it for the mirrored ones (the
+    mirror of the crop at ``dx`` is the crop of the mirrored padding at
+    ``2 * pad - dx``) -- pick every crop, already mirrored and already
+    channel-first, and a fused multiply-add writes the float32 result.  No
+    Python loop per image and no mirrored copy of the batch.
     """
 
     def __init__(self, mean=None, std=None, pad=4, flip=True):
@@ -591,15 +594,12 @@ class Augmenter:
     def _padded(self, images):
         n, h, w, c = images.shape
         p = self.pad
-        copies = 2 if self.flip else 1
-        shape = (n, copies, h + 2 * p, w + 2 * p, c)
+        shape = (n, h + 2 * p, w + 2 * p, c)
         buf = self._buffer
         if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < n:
             buf = self._buffer = np.zeros(shape, dtype=np.uint8)  # borders stay zero
         buf = buf[:n]
-        buf[:, 0, p:p + h, p:p + w] = images
-        if self.flip:
-            buf[:, 1, p:p + h, p:p + w] = images[:, :, ::-1]
+        buf[:, p:p + h, p:p + w] = images
         return buf
 
     def params(self, n, rng):
@@ -623,11 +623,18 @@ class Augmenter:
         if flips.any() and not self.flip:
             raise NSTError("flips requested from an Augmenter built with flip=False")
         padded = self._padded(images)
-        # windows[b, k, y, x] is the (C, H, W) crop at (y, x) of copy k of image b.
-        windows = sliding_window_view(padded, (h, w), axis=(2, 3))
-        # Mirroring the crop at dx equals cropping the mirrored padding at span - dx.
-        col = np.where(flips, span - dx, dx)
-        crops = windows[np.arange(n), flips.astype(np.intp), dy, col]      # (n, C, H, W) uint8
+        # windows[b, y, x] is the (C, H, W) crop at (y, x) of padded image b.
+        windows = sliding_window_view(padded, (h, w), axis=(1, 2))
+        if not flips.any():
+            crops = windows[np.arange(n), dy, dx]                         # (n, C, H, W) uint8
+        else:
+            # Mirroring the crop at dx equals cropping the mirrored padding at span - dx;
+            # the mirrored padding is a reversed view (no copy).
+            mirrored = sliding_window_view(padded[:, :, ::-1], (h, w), axis=(1, 2))
+            crops = np.empty((n, c, h, w), dtype=np.uint8)
+            keep, flip = np.flatnonzero(~flips), np.flatnonzero(flips)
+            crops[keep] = windows[keep, dy[keep], dx[keep]]
+            crops[flip] = mirrored[flip, dy[flip], span - dx[flip]]
         out = _output_buffer(out, (n, c, h, w))
         return _normalize_into(crops, scale, shift, out)
 

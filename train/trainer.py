@@ -306,6 +306,33 @@ class Distiller:
         autograd.backward(totals)
         return components, logits_all, labels
 
+    def train_step(self, epoch, batch, ignore_stale_grad=False):
+        """One optimisation step on ``batch`` = ``(data, label[, index])``; never waits.
+
+        Forward and backward on every device (:meth:`_forward_backward`), the
+        optimiser update, and the on-device (top-1, top-5) correct counts.
+        Returns ``(components, correct)``, lists of NDArrays (one per device)
+        that the step loop folds into the epoch's statistics every
+        ``log_interval`` steps (:meth:`_fold_pending`, its only host
+        synchronisation).  ``nst bench step`` times exactly this method plus
+        that fold.  ``ignore_stale_grad``: a loss outside its activity window
+        leaves its own parameters (AB's connector after the init stage)
+        without gradient; skip them.
+        """
+        components, logits, labels = self._forward_backward(
+            epoch, *[_as_ndarray(part) for part in batch])
+        self.trainer.step(self.global_batch, ignore_stale_grad=ignore_stale_grad)
+        correct = [self._correct_counts(o, y) for o, y in zip(logits, labels)]
+        return components, correct
+
+    def _fold_pending(self, pending, pending_correct, epoch, first_pending, sums):
+        """Add the loss components and correct counts of the steps since the last fold
+        to ``sums`` (raising on a non-finite loss): one device-to-host copy."""
+        totals = self._check_finite(pending, epoch, first_pending)
+        correct = mx.nd.add_n(*[c.as_in_context(mx.cpu()) for c in pending_correct])
+        sums["components"] = [a + float(b) for a, b in zip(sums["components"], totals)]
+        sums["correct"] = [a + float(b) for a, b in zip(sums["correct"], correct.asnumpy())]
+
     def _correct_counts(self, logits, label):
         """(top-1 correct, top-5 correct) for one device's part, on the device."""
         label = label.astype("float32")
@@ -482,25 +509,17 @@ class Distiller:
         images = 0
         stale_ok = any(not t.active(epoch) and t.block.collect_params() for t in self.terms)
         for batch in batches:
-            data = batch[0]
-            components, logits, labels = self._forward_backward(
-                epoch, *[_as_ndarray(part) for part in batch])
-            # a loss outside its activity window leaves its own parameters
-            # (AB's connector after the init stage) without gradient: skip them
-            self.trainer.step(self.global_batch, ignore_stale_grad=stale_ok)
+            components, correct = self.train_step(epoch, batch, ignore_stale_grad=stale_ok)
             faults.checkpoint("step")
             pending.append(components)
-            pending_correct.extend(self._correct_counts(o, y) for o, y in zip(logits, labels))
-            images += data.shape[0]
+            pending_correct.extend(correct)
+            images += batch[0].shape[0]
             step_in_epoch += 1
             global_step += 1
             bar.update(1)
             if len(pending) >= interval or step_in_epoch == self.steps_per_epoch \
                     or self._stop_signal:
-                totals = self._check_finite(pending, epoch, first_pending)
-                correct = mx.nd.add_n(*[c.as_in_context(mx.cpu()) for c in pending_correct])
-                sums["components"] = [a + float(b) for a, b in zip(sums["components"], totals)]
-                sums["correct"] = [a + float(b) for a, b in zip(sums["correct"], correct.asnumpy())]
+                self._fold_pending(pending, pending_correct, epoch, first_pending, sums)
                 sums["images"] += images
                 sums["seconds"] += time.time() - tic
                 tic, images = time.time(), 0

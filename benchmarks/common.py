@@ -3,10 +3,10 @@
 Timing protocol (:class:`Timer`): every measured callable runs once as a
 warm-up (graph building, memory allocation), then the callables of one
 benchmark are run *interleaved*, ``repeat`` rounds (the order rotated every
-round), each call bracketed by ``mx.nd.waitall()``; the median is reported.  Ratios are taken between
-measurements of the same process and rounds (the median of the per-round
-ratios, :meth:`Timer.ratio`), so they are robust to a shared, noisy machine in
-a way absolute times are not.
+round), each call bracketed by ``mx.nd.waitall()``; the median is reported.
+Ratios are taken between measurements of the same process and rounds (the
+median of the per-round ratios, :meth:`Timer.ratio`), so they are robust to a
+shared, noisy machine in a way absolute times are not.
 """
 
 import ctypes

@@ -15,11 +15,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
-from mxnet import autograd
 
 from nst.errors import NSTError
 from train.losses import (ATLoss, FitNetLoss, KDLoss, NSTGaussian, NSTLinear, NSTPoly,
                           get_loss, list_losses, poly_form, poly_form_costs)
+from loss_helpers import nd, make_loss, run, fd_check
 
 EPS = 1e-10
 NST_NAMES = ("nst_linear", "nst_poly", "nst_gaussian")
@@ -181,50 +181,6 @@ def ref_fitnet(student, teacher, weight, bias):
 
 
 # ================================================================== helpers
-
-def nd(a, dtype="float64"):
-    return mx.nd.array(a, dtype=dtype)
-
-
-def make_loss(name, s_shape, t_shape, dtype="float64", hybridize=False, **params):
-    loss = get_loss(name, student_shape=s_shape, teacher_shape=t_shape, **params)
-    loss.initialize(mx.init.Xavier(magnitude=2))
-    if dtype != "float32":
-        loss.cast(dtype)
-    if hybridize:
-        loss.hybridize(static_alloc=True, static_shape=True)
-    return loss
-
-
-def run(loss, s, t, dtype="float64", teacher_grad=False):
-    """Value and student gradient (and teacher gradient) as NumPy."""
-    s_nd, t_nd = nd(s, dtype), nd(t, dtype)
-    s_nd.attach_grad()
-    if teacher_grad:
-        t_nd.attach_grad()
-    with autograd.record():
-        value = loss(s_nd, t_nd)
-    value.backward()
-    out = (float(value.asnumpy().reshape(-1)[0]), s_nd.grad.asnumpy())
-    if teacher_grad:
-        out += (t_nd.grad.asnumpy(),)
-    return out
-
-
-def fd_check(grad, ref, s, rng, n_dirs=3, h=1e-6, rtol=1e-5):
-    """<grad, d> against central differences of the NumPy reference along
-    random unit directions d and along the largest gradient coordinate."""
-    dirs = [rng.standard_normal(s.shape) for _ in range(n_dirs)]
-    unit = np.zeros(s.shape)
-    unit.flat[int(np.argmax(np.abs(grad)))] = 1.0
-    dirs.append(unit)
-    scale = np.abs(grad).sum() + 1e-300
-    for d in dirs:
-        d = d / np.linalg.norm(d)
-        fd = (ref(s + h * d) - ref(s - h * d)) / (2 * h)
-        an = float(np.sum(grad * d))
-        assert abs(an - fd) <= rtol * max(abs(fd), abs(an)) + 1e-9 * scale, (an, fd)
-
 
 def features(rng, n, shape, kind="uniform"):
     if kind == "uniform":          # post-ReLU-like, non-negative

@@ -19,6 +19,7 @@ from mxnet import autograd, gluon
 from nst.errors import NSTError
 from train.losses import CRDLoss, FSPLoss, FTLoss, get_loss, list_losses
 from train.losses.crd import NCE_EPS
+from loss_helpers import nd, fd_check
 
 # ============================================================ NumPy reference
 
@@ -174,24 +175,6 @@ def ref_crd(v_s, v_t, mem_s, mem_t, index, negatives, temperature, num_samples, 
 
 
 # ================================================================== helpers
-
-def nd(a, dtype="float64"):
-    return mx.nd.array(a, dtype=dtype)
-
-
-def fd_check(grad, ref, x, rng, n_dirs=3, h=1e-6, rtol=1e-5):
-    """<grad, d> against central differences of ``ref`` along random directions."""
-    dirs = [rng.standard_normal(x.shape) for _ in range(n_dirs)]
-    unit = np.zeros(x.shape)
-    unit.flat[int(np.argmax(np.abs(grad)))] = 1.0
-    dirs.append(unit)
-    scale = np.abs(grad).sum() + 1e-300
-    for d in dirs:
-        d = d / np.linalg.norm(d)
-        fd = (ref(x + h * d) - ref(x - h * d)) / (2 * h)
-        an = float(np.sum(grad * d))
-        assert abs(an - fd) <= rtol * max(abs(fd), abs(an)) + 1e-9 * scale, (an, fd)
-
 
 def make(name, dtype="float64", hybridize=False, seed=0, **kwargs):
     mx.random.seed(seed)

@@ -24,6 +24,7 @@ from train.devices import parse_contexts
 from train.losses import (ABLoss, CCLoss, PKTLoss, RKDLoss, SPLoss, VIDLoss, get_loss,
                           list_losses)
 from train.trainer import Distiller
+from loss_helpers import nd, make_loss, run, fd_check
 
 NAMES = ("sp", "ab", "rkd", "pkt", "cc", "vid")
 RELATIONAL = ("sp", "rkd", "pkt", "cc")
@@ -179,53 +180,9 @@ def ref_vid(s, t, w1, w2, w3, alpha, eps=1e-5):
 # ================================================================== helpers
 
 
-def nd(a, dtype="float64"):
-    return mx.nd.array(a, dtype=dtype)
-
-
-def make_loss(name, s_shape, t_shape, dtype="float64", hybridize=False, **params):
-    loss = get_loss(name, student_shape=s_shape, teacher_shape=t_shape, **params)
-    loss.initialize(mx.init.Xavier(magnitude=2))
-    if dtype != "float32":
-        loss.cast(dtype)
-    if hybridize:
-        loss.hybridize(static_alloc=True, static_shape=True)
-    return loss
-
-
-def run(loss, s, t, dtype="float64", teacher_grad=False):
-    """Value and student gradient (and teacher gradient) as NumPy; training mode."""
-    s_nd, t_nd = nd(s, dtype), nd(t, dtype)
-    s_nd.attach_grad()
-    if teacher_grad:
-        t_nd.attach_grad()
-    with autograd.record():
-        value = loss(s_nd, t_nd)
-    value.backward()
-    out = (float(value.asnumpy().reshape(-1)[0]), s_nd.grad.asnumpy())
-    if teacher_grad:
-        out += (t_nd.grad.asnumpy(),)
-    return out
-
-
 def value_of(loss, s, t, dtype="float64"):
     with autograd.record():          # training mode (AB's BatchNorm uses batch statistics)
         return float(loss(nd(s, dtype), nd(t, dtype)).asnumpy().reshape(-1)[0])
-
-
-def fd_check(grad, ref, s, rng, n_dirs=3, h=1e-6, rtol=1e-5):
-    """<grad, d> against central differences of the NumPy reference along random
-    unit directions d and along the largest gradient coordinate."""
-    dirs = [rng.standard_normal(s.shape) for _ in range(n_dirs)]
-    one = np.zeros(s.shape)
-    one.flat[int(np.argmax(np.abs(grad)))] = 1.0
-    dirs.append(one)
-    scale = np.abs(grad).sum() + 1e-300
-    for d in dirs:
-        d = d / np.linalg.norm(d)
-        fd = (ref(s + h * d) - ref(s - h * d)) / (2 * h)
-        an = float(np.sum(grad * d))
-        assert abs(an - fd) <= rtol * max(abs(fd), abs(an)) + 1e-9 * scale, (an, fd)
 
 
 def set_random_params(name, loss, s_shape, t_shape, rng, dtype="float64"):

@@ -307,14 +307,10 @@ class DetectionTrainer:
             raise NSTError("%s already holds a detection run (checkpoint at epoch %d); pass "
                            "--resume to continue it or choose another folder with --out"
                            % (self.out, manifest["epoch"]))
-        history = read_log(self.out)
-        start_epoch, start_step, sums = 0, 0, None
+        start_epoch, start_step, sums, history = ckpt.resume_position(manifest,
+                                                                      read_log(self.out))
         if manifest is not None:
             ckpt.load_checkpoint(self.out, manifest, self.net, [], self.trainer, self.ctx)
-            ckpt.set_numpy_rng_state(manifest.get("numpy_rng"))
-            start_epoch, start_step = manifest["epoch"], manifest["step_in_epoch"]
-            sums = manifest.get("epoch_sums")
-            history = [r for r in history if r["epoch"] <= start_epoch]
             results_path = os.path.join(self.out, "results.json")
             if start_epoch >= cfg["epochs"] and os.path.isfile(results_path):
                 self.log("%s: already finished" % self.out)
@@ -324,17 +320,10 @@ class DetectionTrainer:
         else:
             if resume:
                 self.log("no checkpoint in %s; starting from scratch" % self.out)
-            history = []
             write_json(os.path.join(self.out, "config.json"), cfg)
-        with ckpt.stop_requests(self):
-            for epoch in range(start_epoch, cfg["epochs"]):
-                record = self._train_epoch(epoch, start_step if epoch == start_epoch else 0,
-                                           sums if epoch == start_epoch else None)
-                if record is None:  # stopped by a signal: the checkpoint is written
-                    return None
-                history.append(record)
-                write_log(self.out, history)
-                self._save(epoch + 1, 0, None)
+        history = ckpt.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
+        if history is None:
+            return None
         return self._finish(history)
 
     def _train_epoch(self, epoch, start_step, sums):

@@ -20,6 +20,7 @@ from nst.errors import NSTError
 from train.losses import CRDLoss, FSPLoss, FTLoss, get_loss, list_losses
 from train.losses.crd import NCE_EPS
 from loss_helpers import nd, fd_check
+from trainer_helpers import TEACHER, base_config
 
 # ============================================================ NumPy reference
 
@@ -612,20 +613,6 @@ def test_crd_rejects_bad_parameters_and_calls():
 
 # ======================================================= through the trainer
 
-TEACHER = {"network": "preact_resnet11_cifar", "params": {"width": 0.25}}
-STUDENT = {"network": "inception_bn_small", "params": {"width": 0.125}}
-
-
-def base_config(root, out, **extra):
-    cfg = {"name": "t", "out": str(out), "seed": 3, "epochs": 1,
-           "data": {"dataset": "cifar10", "root": str(root), "batch_size": 32,
-                    "train_limit": 192, "test_limit": 64, "test_batch_size": 64},
-           "student": dict(STUDENT),
-           "optimizer": {"lr": 0.05, "lr_steps": [1]},
-           "train": {"log_interval": 2}}
-    cfg.update(extra)
-    return cfg
-
 
 @pytest.fixture(scope="module")
 def teacher_checkpoint(cifar_root, tmp_path_factory):
@@ -633,7 +620,7 @@ def teacher_checkpoint(cifar_root, tmp_path_factory):
     from train.devices import parse_contexts
     from train.trainer import Distiller
     out = tmp_path_factory.mktemp("teacher")
-    cfg = base_config(cifar_root, out, student=dict(TEACHER), name="teacher")
+    cfg = base_config(cifar_root, out, epochs=1, student=dict(TEACHER), name="teacher")
     Distiller(validate_config(cfg), parse_contexts(), progress=False, log=lambda *_: None).fit()
     return str(out / "student.params")
 
@@ -642,7 +629,7 @@ def distiller(root, out, teacher, transfer, cpus=1, log=None, **extra):
     from train.config import validate_config
     from train.devices import parse_contexts
     from train.trainer import Distiller
-    cfg = base_config(root, out, **extra)
+    cfg = base_config(root, out, **dict({"epochs": 1}, **extra))
     cfg["teacher"] = dict(TEACHER, checkpoint=teacher)
     cfg["transfer"] = transfer
     return Distiller(validate_config(cfg), parse_contexts(cpus=cpus), progress=False,

@@ -19,20 +19,7 @@ from nst.errors import NSTError
 from train import checkpoint as ckpt
 from train.devices import parse_contexts
 from train.trainer import Distiller
-
-TEACHER = {"network": "preact_resnet11_cifar", "params": {"width": 0.25}}
-STUDENT = {"network": "inception_bn_small", "params": {"width": 0.125}}
-
-
-def base_config(root, out, **extra):
-    cfg = {"name": "t", "out": str(out), "seed": 3, "epochs": 2,
-           "data": {"dataset": "cifar10", "root": str(root), "batch_size": 32,
-                    "train_limit": 192, "test_limit": 64, "test_batch_size": 64},
-           "student": dict(STUDENT),
-           "optimizer": {"lr": 0.05, "lr_steps": [1]},
-           "train": {"log_interval": 2}}
-    cfg.update(extra)
-    return cfg
+from trainer_helpers import TEACHER, base_config
 
 
 def write_config(path, cfg):

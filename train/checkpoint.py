@@ -154,3 +154,34 @@ def stop_requests(owner):
     finally:
         for sig, prev in previous.items():
             signal.signal(sig, prev)
+
+
+def resume_position(manifest, history):
+    """``(start_epoch, start_step, epoch_sums, history)`` to continue from ``manifest``;
+    log records past the checkpoint are dropped, so every epoch is logged once."""
+    if manifest is None:
+        return 0, 0, None, []
+    set_numpy_rng_state(manifest.get("numpy_rng"))
+    start_epoch = manifest["epoch"]
+    return (start_epoch, manifest["step_in_epoch"], manifest.get("epoch_sums"),
+            [r for r in history if r["epoch"] <= start_epoch])
+
+
+def run_epochs(runner, start_epoch, start_step, sums, history, epochs):
+    """The epoch loop both trainers share: ``runner._train_epoch(epoch, step, sums)``
+    returns an epoch's log record (None when a stop signal checkpointed mid-epoch);
+    after each epoch the log is written, then ``runner._save(epoch + 1, 0, None)``.
+    Returns the history, or None when stopped."""
+    from train.runlog import write_log
+
+    with stop_requests(runner):
+        for epoch in range(start_epoch, epochs):
+            first = epoch == start_epoch
+            record = runner._train_epoch(epoch, start_step if first else 0,
+                                         sums if first else None)
+            if record is None:  # stopped by a signal: the checkpoint is written
+                return None
+            history.append(record)
+            write_log(runner.out, history)
+            runner._save(epoch + 1, 0, None)
+    return history

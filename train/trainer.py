@@ -43,7 +43,7 @@ from train import checkpoint as ckpt
 from train.batches import build_batches
 from train.devices import create_kvstore
 from train.losses import get_loss, loss_class
-from train.runlog import log_path, read_log, write_log
+from train.runlog import log_path, read_log
 
 LOGITS = "logits"
 _SYNC_KEY_BASE = 1 << 20  # kvstore keys for replica synchronisation (gradients use 0..n-1)
@@ -460,34 +460,23 @@ class Distiller:
         cfg = self.cfg
         ckpt.prepare_run_folder(self.out)
         manifest = ckpt.read_manifest(self.out)
-        history = read_log(self.out)
-        start_epoch, start_step, sums = 0, 0, None
         if manifest is not None and not resume:
             raise NSTError("%s already holds a run (checkpoint at epoch %d); pass --resume to "
                            "continue it or choose another output folder with --out"
                            % (self.out, manifest["epoch"]))
+        start_epoch, start_step, sums, history = ckpt.resume_position(manifest,
+                                                                      read_log(self.out))
         if manifest is not None:
             ckpt.load_checkpoint(self.out, manifest, self.student,
                                  [t.block for t in self.terms], self.trainer, self.ctx)
-            ckpt.set_numpy_rng_state(manifest.get("numpy_rng"))
-            start_epoch, start_step = manifest["epoch"], manifest["step_in_epoch"]
-            sums = manifest.get("epoch_sums")
-            history = [r for r in history if r["epoch"] <= start_epoch]
             self.log("resuming %s at epoch %d, step %d" % (self.out, start_epoch + 1, start_step))
         else:
             if resume:
                 self.log("no checkpoint in %s; starting from scratch" % self.out)
-            history = []
             self._pretrain_terms()
-        with ckpt.stop_requests(self):
-            for epoch in range(start_epoch, cfg["epochs"]):
-                record = self._train_epoch(epoch, start_step if epoch == start_epoch else 0,
-                                           sums if epoch == start_epoch else None)
-                if record is None:  # stopped by a signal: the checkpoint is written
-                    return None
-                history.append(record)
-                write_log(self.out, history)
-                self._save(epoch + 1, 0, None)
+        history = ckpt.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
+        if history is None:
+            return None
         return self._finish(history)
 
     def _train_epoch(self, epoch, start_step, sums):

@@ -1,1 +1,3 @@
 """Benchmarks, run as ``nst bench WHAT`` (see :mod:`benchmarks.bench`)."""
+
+import nst.compat  # noqa: F401  -- NumPy aliases MXNet needs, before any mxnet import

@@ -11,7 +11,12 @@
     the input pipelines' images/s against what the step consumes
     (:mod:`benchmarks.pipeline`);
 ``scaling``
-    images/s on 1, 2, 4 contexts and under dist_sync (:mod:`benchmarks.scaling`),
+    images/s on 1, 2, 4 contexts and under dist_sync (:mod:`benchmarks.scaling`);
+``threads``
+    training images/s with ``nst``'s default OpenMP thread count (one per usable
+    core) against one thread, interleaved in two worker processes
+    (:mod:`benchmarks.threads`: ``omp_threads_default``,
+    ``train_speedup_default_vs_one_thread``),
 
 prints a summary table (or, with ``--json``, one JSON object holding every
 figure) and writes ``bench.json`` and a bar chart ``bench.png`` to ``--out``
@@ -20,7 +25,7 @@ in all, for the smoke test); ``--engine threaded`` and
 ``--openblas-coretype Haswell`` and ``--omp-threads N`` re-run in a subprocess
 with MXNet's threaded engine, OpenBLAS's Haswell kernels or N OpenMP threads,
 for comparison (``nst`` itself runs the naive engine on CPU, the kernels the
-bundled OpenBLAS picks and MXNet's default thread count).
+bundled OpenBLAS picks and one OpenMP thread per usable core, :mod:`nst.runtime`).
 
 Each benchmark is a function registered in :data:`BENCHMARKS` under its name
 (:func:`benchmarks.common.benchmark`); it returns a dict with ``metrics`` (its
@@ -62,15 +67,16 @@ from mxnet import autograd, gluon
 from mxnet.gluon import HybridBlock
 
 from benchmarks.common import BENCHMARKS, Timer, benchmark, environment, loadavg
-# importing them registers the "data", "scaling" and "step" benchmarks
+# importing them registers the "data", "scaling", "step" and "threads" benchmarks
 from benchmarks import pipeline as _data, scaling as _scaling, step as _step  # noqa: F401
+from benchmarks import threads as _threads  # noqa: F401
 from nst.errors import NSTError
 
 __all__ = ["add_arguments", "run", "BENCHMARKS", "benchmark", "Timer", "OriginalMMDPoly",
            "ORDER"]
 
 #: what ``nst bench`` / ``nst bench all`` runs, in this order (later ones read earlier results)
-ORDER = ("losses", "step", "data", "scaling")
+ORDER = ("losses", "step", "data", "scaling", "threads")
 DEFAULT_OUT = os.path.join("runs", "bench")
 ENGINES = {"naive": "NaiveEngine", "threaded": "ThreadedEnginePerDevice"}
 
@@ -94,8 +100,8 @@ def add_arguments(parser):
                         help="run in a subprocess with this MXNet engine (nst uses the naive "
                              "engine on CPU; 'threaded' is MXNet's default, for comparison)")
     parser.add_argument("--omp-threads", type=int, default=None, metavar="N",
-                        help="run in a subprocess with OMP_NUM_THREADS=N (MXNet's default on "
-                             "x86 is half the logical CPUs, assuming hyper-threading)")
+                        help="run in a subprocess with OMP_NUM_THREADS=N (nst's default is "
+                             "one thread per core the process may use)")
     parser.add_argument("--openblas-coretype", default=None, metavar="NAME",
                         help="run in a subprocess with OPENBLAS_CORETYPE=NAME (e.g. Haswell; "
                              "for comparison only: the bundled OpenBLAS picks its own kernels)")
@@ -208,6 +214,10 @@ _HEADLINES = (
     ("scaling_4ctx", "images/s on 4 contexts / 1 context (same 2 cores)", "%.2f", "", None),
     ("scaling_dist_sync_2workers", "images/s, dist_sync 2 local workers / 1 context", "%.2f",
      "", None),
+    ("omp_threads_default", "OpenMP operator threads nst uses by default (usable cores)", "%d",
+     "", None),
+    ("train_speedup_default_vs_one_thread", "training images/s, default threads / one thread",
+     "%.2fx", ">= 1.7x on 2 cores", None),
 )
 
 

@@ -17,6 +17,8 @@ import time
 
 import mxnet as mx
 
+from nst.runtime import operator_threads, usable_cores
+
 __all__ = ["BENCHMARKS", "benchmark", "Timer", "environment", "loadavg", "progress"]
 
 #: name -> (function(args, shared) -> {"metrics": dict, "markdown": str, ...}, help text)
@@ -132,11 +134,12 @@ def environment():
     env = {"mxnet": mx.__version__, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
            "engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice"),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-           # MXNet's operator threads: MXNET_OMP_MAX_THREADS, else OMP_NUM_THREADS, else
-           # (on x86, assuming hyper-threading) half the logical CPUs -- 1 on 2 vCPUs
-           "mxnet_omp_threads": int(os.environ.get("MXNET_OMP_MAX_THREADS")
-                                    or os.environ.get("OMP_NUM_THREADS")
-                                    or max(1, (os.cpu_count() or 2) // 2)),
+           # MXNet's operator threads (nst.runtime.operator_threads): MXNET_OMP_MAX_THREADS,
+           # else OMP_NUM_THREADS (nst sets it to the usable cores), else half the CPUs
+           "mxnet_omp_threads": operator_threads()[0],
+           "omp_threads_source": operator_threads()[1],
+           "usable_cores": usable_cores(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE")}
     try:  # the OpenBLAS bundled in the mxnet wheel picks its kernels at load time
         lib = ctypes.CDLL(os.path.join(os.path.dirname(mx.__file__), "libmxnet.so"))

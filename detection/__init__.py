@@ -11,3 +11,5 @@ Inception-BN backbone initialised from each distilled ImageNet student.
 
 Scoring detections files: ``nst voc-eval`` (:mod:`tools.voc_eval`).
 """
+
+import nst.compat  # noqa: F401  -- NumPy aliases MXNet needs, before any mxnet import

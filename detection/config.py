@@ -74,7 +74,10 @@ SCHEMA = {
         "max_num_gt": (int, 100),
         "nms_thresh": (NUMBER, 0.3),
         "nms_topk": (int, 400),
-        "post_nms": (int, 100),
+        # detections kept per image after the per-class NMS (the top scores over all
+        # classes; -1 keeps all).  GluonCV 0.10's FasterRCNN stores its post_nms
+        # but never applies it, so -1 is what its published VOC run did.
+        "post_nms": (int, -1),
     },
     "loss": {
         "rpn_smoothl1_rho": (NUMBER, 1.0 / 9.0),
@@ -82,7 +85,9 @@ SCHEMA = {
     },
     "optimizer": {
         "name": (str, "sgd"),
-        "lr_per_image": (NUMBER, 0.001),             # lr = lr_per_image * images per step
+        # the learning rate itself, never scaled by the images per step: GluonCV's
+        # VOC default, published at 4 images per step (4 GPUs x 1 image)
+        "lr": (NUMBER, 0.001),
         "momentum": (NUMBER, 0.9),
         "wd": (NUMBER, 5e-4),
         "lr_steps": (list, [14, 20]),                # epochs at which lr *= lr_factor
@@ -135,7 +140,14 @@ def validate_config(data, source="config"):
 
     cfg = copy.deepcopy(data)
     cfg.pop("extends", None)
+    optimizer = cfg.get("optimizer")
+    if isinstance(optimizer, dict) and "lr_per_image" in optimizer:
+        raise NSTError("%s: 'optimizer.lr_per_image' was removed: the learning rate is no "
+                       "longer multiplied by the images per step; set 'optimizer.lr' to the "
+                       "learning rate itself (GluonCV's recipe: 0.001 at 4 images per step)"
+                       % source)
     tconfig._validate(cfg, SCHEMA, "", source)
+    tconfig._check_finite(cfg, "", source)
     if cfg["epochs"] < 1:
         raise NSTError("%s: 'epochs' must be at least 1, got %d" % (source, cfg["epochs"]))
     _check_splits(cfg, "train_splits", source)
@@ -162,6 +174,13 @@ def validate_config(data, source="config"):
     if cfg["eval"]["metric"] not in ("voc07", "voc10"):
         raise NSTError("%s: 'eval.metric' must be voc07 (the paper's) or voc10, got %r"
                        % (source, cfg["eval"]["metric"]))
+    if cfg["model"]["post_nms"] == 0 or cfg["model"]["post_nms"] < -1:
+        raise NSTError("%s: 'model.post_nms' must be a positive number of detections per "
+                       "image or -1 (keep all, GluonCV 0.10's behaviour), got %d"
+                       % (source, cfg["model"]["post_nms"]))
+    if cfg["optimizer"]["lr"] <= 0:
+        raise NSTError("%s: 'optimizer.lr' must be positive, got %r (GluonCV's recipe: 0.001)"
+                       % (source, cfg["optimizer"]["lr"]))
     if cfg["model"]["roi_mode"] not in ("align", "pool"):
         raise NSTError("%s: 'model.roi_mode' must be align or pool, got %r"
                        % (source, cfg["model"]["roi_mode"]))

@@ -11,7 +11,13 @@ workers) and 128 RoIs for the R-CNN head, and the loss is
 
 each normalised by the number of sampled anchors / RoIs; the gradients of
 all devices are summed by the kvstore and ``trainer.step(images)`` averages
-them.  SGD with momentum, weight decay and a step schedule (epochs, x0.1).
+them.  SGD with momentum, weight decay and a step schedule (epochs, x0.1) at
+``optimizer.lr`` itself: as in GluonCV the learning rate is not scaled by the
+images per step (its published VOC run: 4 GPUs, batch 4, lr 0.001); the log
+says how a run's batch and lr relate to that run (:func:`recipe_note`).  A
+resumed run must keep the checkpoint's images per step (another device count
+is fine at the same global batch); anything else is refused.  At test time
+``model.post_nms`` caps the detections per image (:func:`cap_detections`).
 
 Outputs in the run folder (``out``), mirroring the classification trainer:
 
@@ -43,12 +49,53 @@ from nst.io import atomic_path, write_json
 from tools.voc_eval import VOC_CLASSES, write_detections_json, write_devkit_files
 from train import checkpoint as ckpt
 from train.devices import create_kvstore
+from train.rng import seed_step
 from train.runlog import log_path, read_log, write_log
 
 from .data import VOCDataset, test_loader, train_loader
 from .model import build_detector
 
 LOSS_NAMES = ("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")
+
+
+#: GluonCV's published VOC Faster R-CNN run (faster_rcnn_resnet50_v1b_voc, 78.3 mAP in its
+#: zoo): ``train_faster_rcnn.py --gpus 0,1,2,3 --dataset voc``, i.e. batch 4, lr 0.001.
+GLUONCV_PUBLISHED = {"images_per_step": 4, "lr": 0.001}
+
+
+def recipe_note(lr, devices, images_per_device, steps_per_epoch):
+    """The log line that says how this run's batch and lr relate to GluonCV's published run."""
+    batch = devices * images_per_device
+    line = ("detection recipe: %d device(s) x %d image(s) = %d image(s) per step, %d steps per "
+            "epoch, lr %g (never scaled by the images per step)"
+            % (devices, images_per_device, batch, steps_per_epoch, lr))
+    ref = GLUONCV_PUBLISHED
+    if batch == ref["images_per_step"] and lr == ref["lr"]:
+        return line + "; this is GluonCV's published VOC run (batch 4 on 4 GPUs, lr 0.001)"
+    return line + ("; GluonCV's published VOC run used batch %d, lr %g: at %d image(s) per "
+                   "step this run takes %.3gx its steps per epoch at %s (the linear-scaling "
+                   "rule would give lr %g)"
+                   % (ref["images_per_step"], ref["lr"], batch, ref["images_per_step"] / batch,
+                      "the same lr" if lr == ref["lr"] else "lr %g instead of %g" % (lr, ref["lr"]),
+                      ref["lr"] * batch / ref["images_per_step"]))
+
+
+def cap_detections(ids, scores, post_nms):
+    """``ids`` with all but the ``post_nms`` highest-scoring valid detections set to -1.
+
+    GluonCV 0.10's FasterRCNN takes a ``post_nms`` argument but never applies it; this is
+    the cap it documents ("only return top post_nms detection results"), applied to one
+    image's (N,) arrays after the per-class NMS.  Ties keep the earlier row.  ``post_nms
+    <= 0`` keeps everything.
+    """
+    ids = np.array(ids, copy=True)
+    if post_nms is None or post_nms <= 0:
+        return ids
+    valid = np.flatnonzero(ids >= 0)
+    if len(valid) > post_nms:
+        order = valid[np.argsort(-np.asarray(scores)[valid], kind="mergesort")]
+        ids[order[post_nms:]] = -1
+    return ids
 
 
 def classes_of(cfg):
@@ -121,8 +168,9 @@ def evaluate(net, dataset, cfg, contexts, out_dir=None, progress=True, log=print
                 outputs.append((ids, scores, boxes, index))
             for ids, scores, boxes, index in outputs:
                 idx = int(index.asnumpy().reshape(-1)[0])
-                ids = ids.asnumpy().reshape(-1)
                 scores = scores.asnumpy().reshape(-1)
+                ids = cap_detections(ids.asnumpy().reshape(-1), scores,
+                                     cfg["model"]["post_nms"])
                 boxes = boxes.asnumpy().reshape(-1, 4)
                 label = dataset.label(idx)
                 metric.update(boxes[None], ids[None], scores[None], label[None, :, :4],
@@ -218,7 +266,7 @@ class DetectionTrainer:
     # ----------------------------------------------------------------- set-up
     def _build_trainer(self):
         o = self.cfg["optimizer"]
-        base_lr = o["lr_per_image"] * self.images_per_step
+        base_lr = o["lr"]  # never scaled by the images per step (GluonCV's rule)
         steps = [e * self.steps_per_epoch for e in o["lr_steps"]]
         params = {"learning_rate": base_lr, "wd": o["wd"]}
         if o["name"] in ("sgd", "nag"):
@@ -292,10 +340,12 @@ class DetectionTrainer:
             row, col = np.argwhere(bad)[0]
             step = first_step + int(row)
             raise NSTError("detection loss %r became %s at step %d (epoch %d); the run stopped "
-                           "and the last good checkpoint %s was kept. Lower "
-                           "optimizer.lr_per_image or check the backbone checkpoint"
+                           "%s. Lower optimizer.lr or check the backbone checkpoint"
                            % (LOSS_NAMES[col], values[row, col], step, epoch + 1,
-                              ckpt.manifest_path(self.out)))
+                              "and the last good checkpoint %s was kept"
+                              % ckpt.manifest_path(self.out)
+                              if os.path.isfile(ckpt.manifest_path(self.out))
+                              else "before its first checkpoint"))
         return values.sum(axis=0)
 
     def fit(self, resume=False):
@@ -310,25 +360,70 @@ class DetectionTrainer:
         start_epoch, start_step, sums, history = ckpt.resume_position(manifest,
                                                                       read_log(self.out))
         if manifest is not None:
-            ckpt.load_checkpoint(self.out, manifest, self.net, [], self.trainer, self.ctx)
             results_path = os.path.join(self.out, "results.json")
             if start_epoch >= cfg["epochs"] and os.path.isfile(results_path):
                 self.log("%s: already finished" % self.out)
                 with open(results_path, "r", encoding="utf-8") as handle:
                     return json.load(handle)
+            self._check_resume_batch(manifest)
+            ckpt.load_checkpoint(self.out, manifest, self.net, [], self.trainer, self.ctx)
             self.log("resuming %s at epoch %d, step %d" % (self.out, start_epoch + 1, start_step))
         else:
             if resume:
                 self.log("no checkpoint in %s; starting from scratch" % self.out)
             write_json(os.path.join(self.out, "config.json"), cfg)
+        self.log(recipe_note(self.base_lr, len(self.ctx), cfg["train"]["images_per_device"],
+                             self.steps_per_epoch))
         history = ckpt.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
         if history is None:
             return None
         return self._finish(history)
 
+    def _check_resume_batch(self, manifest):
+        """Continue only on the checkpoint's global batch and steps per epoch.
+
+        The step position and the lr schedule (MultiFactorScheduler steps at
+        ``epoch * steps_per_epoch``) count steps of ``images_per_step`` images,
+        so another device count continues correctly only at the same global
+        batch (devices x ``train.images_per_device``); anything else is one
+        NSTError naming what changed and what to do.
+        """
+        path = ckpt.manifest_path(self.out)
+        devices, per_device = len(self.ctx), self.cfg["train"]["images_per_device"]
+        if "images_per_step" not in manifest:
+            self.log("warning: checkpoint %s does not record the images per step it was trained "
+                     "with (written before that was recorded); assuming this run's %d (%d "
+                     "device(s) x %d)" % (path, self.images_per_step, devices, per_device))
+            return
+        saved = (manifest["devices"], manifest["images_per_device"], manifest["images_per_step"],
+                 manifest["steps_per_epoch"])
+        where = "epoch %d, step %d" % (manifest["epoch"] + 1, manifest["step_in_epoch"])
+        if saved[2] != self.images_per_step:
+            hint = ("--set train.images_per_device=%d" % (saved[2] // devices)
+                    if saved[2] % devices == 0 else "a device count that divides %d" % saved[2])
+            raise NSTError("cannot resume %s: it was trained at %d images per step (%d device(s) "
+                           "x %d image(s), %d steps per epoch, now at %s), this run has %d "
+                           "device(s) x %d image(s) = %d; its step position and lr schedule "
+                           "count steps of %d images. Resume with %d device(s) (--gpus/--cpus) "
+                           "or keep %d images per step (%s), or start a new run with --out"
+                           % (path, saved[2], saved[0], saved[1], saved[3], where, devices,
+                              per_device, self.images_per_step, saved[2], saved[0], saved[2],
+                              hint))
+        if saved[3] != self.steps_per_epoch:
+            raise NSTError("cannot resume %s: it was trained on %d images per epoch (%d steps "
+                           "of %d), this run's training set gives %d steps; the data "
+                           "(data.train_splits, data.train_limit, data.voc_root) must be the "
+                           "run's own, or start a new run with --out"
+                           % (path, manifest.get("train_images", saved[3] * saved[2]), saved[3],
+                              saved[2], self.steps_per_epoch))
+        if saved[0] != devices:
+            self.log("resuming on %d device(s) x %d image(s) instead of %d x %d: the same %d "
+                     "images per step, so the step position (%s) and the lr schedule carry "
+                     "over unchanged" % (devices, per_device, saved[0], saved[1],
+                                         self.images_per_step, where))
+
     def _train_epoch(self, epoch, start_step, sums):
         cfg = self.cfg
-        mx.random.seed(cfg["seed"] + epoch)
         self.sampler.set_epoch(epoch, start_step)
         if cfg["train"]["hybridize"]:
             self.net.hybridize()
@@ -343,6 +438,8 @@ class DetectionTrainer:
         tic = time.time()
         for batch in self.loader:
             batch = split_and_load(batch, self.ctx)
+            # the RoI sampler's draws depend only on the position: exact mid-epoch resume
+            seed_step(cfg["seed"], epoch, step_in_epoch)
             pending.append(self.forward_backward(batch))
             self.trainer.step(self.images_per_step)
             images += self.images_per_step
@@ -386,7 +483,11 @@ class DetectionTrainer:
         state = {"epoch": epoch, "step_in_epoch": step_in_epoch,
                  "global_step": epoch * self.steps_per_epoch + step_in_epoch,
                  "epoch_sums": sums, "numpy_rng": ckpt.numpy_rng_state(),
-                 "name": self.cfg["name"], "config": self.cfg}
+                 "name": self.cfg["name"], "config": self.cfg,
+                 "devices": len(self.ctx),
+                 "images_per_device": self.cfg["train"]["images_per_device"],
+                 "images_per_step": self.images_per_step,
+                 "steps_per_epoch": self.steps_per_epoch, "train_images": len(self.train_set)}
         tag = "step%09d" % state["global_step"]
         ckpt.write_checkpoint(self.out, tag, self.net, [], self.trainer, state,
                               keep=self.cfg["train"]["keep_checkpoints"])

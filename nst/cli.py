@@ -15,6 +15,7 @@ import os
 import sys
 
 from .errors import NSTError
+from .runtime import configure_threads
 
 # name -> (module, one-line help).  Order is the order of ``nst --help``.
 COMMANDS = {
@@ -31,6 +32,8 @@ COMMANDS = {
     "curves": ("tools.curves", "train (dashed) and test (solid) error curves of several runs (Figs. 3, 4)"),
     "tables": ("tools.tables", "collect finished runs into the paper's Tables 1-4 beside the published numbers"),
     "hints": ("tools.hints", "propose hint (transfer) layers by clustering the teacher's layers by CKA"),
+    "features": ("tools.features", "list a network's feature names and shapes, and student/teacher pairs to distil between"),
+    "export": ("tools.export", "export a trained student alone as MXNet symbol + params (or ONNX), loadable without this project"),
     "bench": ("benchmarks.bench", "performance: step overhead, input pipeline, scaling, transfer-loss cost"),
 }
 
@@ -65,6 +68,17 @@ def _command_parser(name):
     return module, parser
 
 
+def configure_environment(argv):
+    """Every command's CPU runtime, set before ``mxnet`` is imported: OpenMP operator
+    threads = the cores this process may use (:func:`nst.runtime.configure_threads`),
+    then the deterministic engine on CPU (:func:`use_deterministic_engine`).  A
+    variable the user set is kept.  The test session calls this too, so the tests
+    run what the command runs."""
+    if "mxnet" not in sys.modules:
+        configure_threads()
+    use_deterministic_engine(argv)
+
+
 def use_deterministic_engine(argv):
     """On CPU, run MXNet's synchronous engine unless the user chose one.
 
@@ -92,6 +106,7 @@ def _import_mxnet_quietly():
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             try:
+                from . import compat  # noqa: F401  -- NumPy aliases MXNet needs (nst/compat.py)
                 import mxnet
                 mxnet.nd.waitall()  # creates the engine now, while muted
             except Exception:  # reported when the command imports it for real
@@ -104,7 +119,7 @@ def _import_mxnet_quietly():
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in COMMANDS for a in argv[:2]):
-        use_deterministic_engine(argv)
+        configure_environment(argv)
     debug = "--debug" in argv
     top = build_parser()
     # Split "nst [--debug] COMMAND args..." by hand so that each command owns

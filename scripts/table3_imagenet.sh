@@ -2,7 +2,10 @@
 # Table 3 of Huang & Wang (2017): ImageNet top-1 / top-5 validation error
 # (single 224x224 centre crop) of the Inception-BN student trained alone and
 # with KD, FitNet, AT, NST*, KD+FitNet, KD+AT and KD+NST* from a pre-activation
-# ResNet-101 teacher (trained first, by the teacher row).
+# ResNet-101 teacher: by default the authors' pretrained checkpoint
+# (configs/imagenet/distill.yaml: models/resnet-101-{symbol.json,0000.params});
+# --teacher gluoncv uses GluonCV's resnet101_v2, --teacher own trains
+# configs/imagenet/teacher.yaml first (--quick always trains a small one).
 #
 # Full scale (ImageNet packed by `nst pack` into data/imagenet; 8 GPUs, batch 512 =
 # 64 per GPU, 100 epochs per row):

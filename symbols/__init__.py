@@ -10,6 +10,11 @@ inception_bn              224 x 224  Inception-BN (MXNet layout)
 inception_bn_small        32 x 32    MXNet's inception-bn-28-small
 ========================  =========  ==========================================
 
+Any other network, as student or teacher (:mod:`symbols.external`):
+``gluoncv:<model>`` (a GluonCV model-zoo model), ``python:<module>:<class>``
+(your own ``HybridBlock``) and ``mxnet_checkpoint`` (a symbol checkpoint);
+their features are the internal outputs of the network's graph.
+
 ``get_model(name, classes=..., features=None, width=1.0)`` returns a Gluon
 ``HybridBlock`` (a :class:`symbols.base.StagedNet`): ``net(x)`` gives the
 logits, or with ``features=[...]`` the tuple ``(logits, feat_1, ...)`` in
@@ -18,13 +23,15 @@ request order.  ``net.feature_names`` lists the names a network accepts.
 
 import re
 
+import nst.compat  # noqa: F401  -- NumPy aliases MXNet needs, before any mxnet import
 from nst.errors import NSTError
 
 from .base import StagedNet, count_parameters
+from .external import GraphNet, get_external_model, is_external
 from .inception_bn import InceptionBN, InceptionBNSmall
 from .preact_resnet import PreActResNetCIFAR, PreActResNetImageNet, check_cifar_depth
 
-__all__ = ["get_model", "list_models", "count_parameters", "StagedNet",
+__all__ = ["get_model", "list_models", "count_parameters", "StagedNet", "GraphNet",
            "PreActResNetCIFAR", "PreActResNetImageNet", "InceptionBN", "InceptionBNSmall"]
 
 _CIFAR_RESNET = re.compile(r"^preact_resnet(\d+)_cifar$")
@@ -72,9 +79,8 @@ def get_model(name, classes=None, features=None, **kwargs):
         raise NSTError("model name must be a string, got %r; known models: %s"
                        % (name, _known_names()))
     key = name.strip().lower()
-    if key == "mxnet_checkpoint" or key.startswith("gluoncv:"):  # teachers from checkpoints
-        from .checkpoint_teacher import get_checkpoint_model
-        return get_checkpoint_model(name.strip(), classes=classes, features=features, **kwargs)
+    if is_external(key):  # gluoncv:<model>, python:<module>:<class>, mxnet_checkpoint
+        return get_external_model(name.strip(), classes=classes, features=features, **kwargs)
     unknown = sorted(k for k in kwargs if k not in _OPTIONS)
     if unknown:
         raise NSTError("get_model(%r): unknown option(s) %s; the options are classes, features, "
@@ -93,5 +99,6 @@ def get_model(name, classes=None, features=None, **kwargs):
 
 
 def _known_names():
-    return ", ".join(list_models()) + " (and preact_resnet{depth}_cifar for any depth = 9n+2; " \
-        "teachers from existing checkpoints: mxnet_checkpoint, gluoncv:<model-zoo name>)"
+    return ", ".join(list_models()) + (
+        " (and preact_resnet{depth}_cifar for any depth = 9n+2; any other network: "
+        "gluoncv:<model-zoo name>, python:<module>:<HybridBlock class>, mxnet_checkpoint)")

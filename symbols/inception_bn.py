@@ -143,12 +143,12 @@ class InceptionBN(StagedNet):
 
         data_bn       BatchNorm of the input, stored statistics (no scale, no shift) 3 x 224 x 224
         conv1_bn      conv7x7/2 pad 3, 64 + BN;  conv1 ReLU            64 x 112 x 112
-        pool1         max pool 3x3/2 pad 1                             64 x 56 x 56
-        conv2_red_bn  conv1x1 64 + BN;           conv2_red ReLU        64 x 56 x 56
-        conv2_bn      conv3x3 pad 1, 192 + BN;   conv2 ReLU            192 x 56 x 56
-        pool2         max pool 3x3/2 pad 1                             192 x 28 x 28
-        3a  A(64, 64, 64, 64, 96, avg, 32)                             256 x 28 x 28
-        3b  A(64, 64, 96, 64, 96, avg, 64)                             320 x 28 x 28
+        pool1         max pool 3x3/2, no padding                       64 x 55 x 55
+        conv2_red_bn  conv1x1 64 + BN;           conv2_red ReLU        64 x 55 x 55
+        conv2_bn      conv3x3 pad 1, 192 + BN;   conv2 ReLU            192 x 55 x 55
+        pool2         max pool 3x3/2, no padding                       192 x 27 x 27
+        3a  A(64, 64, 64, 64, 96, avg, 32)                             256 x 27 x 27
+        3b  A(64, 64, 96, 64, 96, avg, 64)                             320 x 27 x 27
         3c  B(128, 160, 64, 96)                                        576 x 14 x 14
         4a  A(224, 64, 96, 96, 128, avg, 128)                          576 x 14 x 14
         4b  A(192, 96, 128, 96, 128, avg, 128)                         576 x 14 x 14
@@ -162,8 +162,10 @@ class InceptionBN(StagedNet):
     Each module ``X`` is the stages ``X_bn`` (pre-ReLU) and ``X`` (post-ReLU);
     ``inX`` / ``inX_bn`` are aliases (``in5b`` = ``5b``), so configs can say
     ``in5b`` for both Inception-BN networks.  The detection backbone is
-    ``net.split_at('4b')`` (stride 16).  All stride-2 poolings and convolutions
-    have padding 1, so the spatial sizes are 112, 56, 28, 14, 7.
+    ``net.split_at('4b')`` (stride 16).  As in MXNet's symbol and the authors'
+    ``symbol/inception_bn.py``, pool1 and pool2 have no padding and the
+    stride-2 modules 3c and 4e pad by 1, so the spatial sizes are
+    112, 55, 27, 14, 7 (floor rounding, MXNet's ``pooling_convention='valid'``).
 
     Parameters
     ----------
@@ -212,12 +214,12 @@ class InceptionBN(StagedNet):
                                                    use_global_stats=True))
             self.add_stage("conv1_bn", conv_bn(_scaled_channels(64, width), 7, stride=2, pad=3))
             self.add_stage("conv1", nn.Activation("relu"))
-            self.add_stage("pool1", nn.MaxPool2D(3, 2, 1))
+            self.add_stage("pool1", nn.MaxPool2D(3, 2, 0))
             self.add_stage("conv2_red_bn", conv_bn(_scaled_channels(64, width), 1))
             self.add_stage("conv2_red", nn.Activation("relu"))
             self.add_stage("conv2_bn", conv_bn(_scaled_channels(192, width), 3, pad=1))
             self.add_stage("conv2", nn.Activation("relu"))
-            self.add_stage("pool2", nn.MaxPool2D(3, 2, 1))
+            self.add_stage("pool2", nn.MaxPool2D(3, 2, 0))
             for module, kind, args in self.MODULES:
                 factory = InceptionA if kind == "A" else InceptionB
                 self.add_stage(module + "_bn", factory(*scaled(*args), prefix=module + "_"))

@@ -12,9 +12,14 @@ dataset folders in the official pickle layout (bytes keys, protocol 2).
 import os
 import pickle
 
-# Bitwise-reproducible MXNet on CPU (see nst.cli.use_deterministic_engine);
-# set before anything imports mxnet.
-os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
+# The runtime the `nst` command sets up (nst.cli.configure_environment): the
+# bitwise-reproducible NaiveEngine and one OpenMP thread per usable core, before
+# anything imports mxnet -- the same function, so the tests run what users run
+# (tests/test_long_runs.py checks the command's own default in a clean subprocess).
+import nst.compat  # noqa: E402,F401  -- NumPy aliases MXNet needs, before any mxnet import
+from nst.cli import configure_environment  # noqa: E402
+
+configure_environment([])
 from pathlib import Path
 
 import numpy as np

@@ -20,7 +20,9 @@ REQUIRED = ("step_overhead_cifar", "augment_images_per_s", "nst_poly_speedup_cif
             "nst_poly_speedup_imagenet", "nst_share_of_step_cifar")
 ALSO = ("recordio_images_per_s", "recordio_threads", "scaling_2ctx", "scaling_4ctx",
         "scaling_dist_sync_2workers", "distill_images_per_s_cifar", "student_step_ms_cifar",
-        "teacher_forward_ms_cifar", "distill_step_ms_cifar")
+        "teacher_forward_ms_cifar", "distill_step_ms_cifar",
+        # issue 14: nst's default OpenMP thread count and its training speed-up over one thread
+        "omp_threads_default", "train_speedup_default_vs_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,17 @@ def test_quick_json_has_the_required_finite_positive_figures(quick_run):
         value = metrics.get(key)
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
         assert math.isfinite(value) and value > 0, (key, value)
-    assert metrics["benchmarks"] == ["losses", "step", "data", "scaling"]
+    assert metrics["benchmarks"] == ["losses", "step", "data", "scaling", "threads"]
     assert metrics["environment"]["engine"] == "NaiveEngine"   # what `nst` users run on CPU
+
+
+def test_thread_benchmark_compares_nsts_default_with_one_thread(quick_run):
+    """The default worker runs nst's default (one thread per usable core), the other one."""
+    from nst.runtime import usable_cores
+    metrics = json.loads(quick_run[1])
+    assert metrics["omp_threads_default"] == usable_cores()
+    assert metrics["omp_threads_one"] == 1
+    assert isinstance(metrics["omp_threads_default"], int)
 
 
 def test_quick_run_writes_json_and_chart(quick_run):

@@ -22,8 +22,8 @@ def write(path, data):
 def test_defaults_are_filled(tmp_path):
     cfg = load_config(write(tmp_path / "c.yaml", MINIMAL))
     assert cfg["optimizer"] == {"name": "nag", "lr": 0.2, "momentum": 0.9, "wd": 1e-4,
-                                "lr_steps": [], "lr_factor": 0.1, "warmup_epochs": 0,
-                                "clip_gradient": None}
+                                "no_wd": [], "lr_steps": [], "lr_factor": 0.1,
+                                "warmup_epochs": 0, "clip_gradient": None}
     assert cfg["data"]["batch_size"] == 128 and cfg["teacher"] is None
     assert cfg["out"] == os.path.join("runs", "x")
 
@@ -96,16 +96,16 @@ def test_every_shipped_config_is_valid():
 def test_paper_configs_follow_the_paper():
     kd_nst = load_config(str(CONFIG_DIR / "cifar10" / "kd_nst.yaml"))
     assert kd_nst["optimizer"] == {"name": "nag", "lr": 0.2, "momentum": 0.9, "wd": 1e-4,
-                                   "lr_steps": [200, 300], "lr_factor": 0.1,
-                                   "warmup_epochs": 0, "clip_gradient": None}
+                                   "no_wd": ["beta", "bias"], "lr_steps": [200, 300],
+                                   "lr_factor": 0.1, "warmup_epochs": 0, "clip_gradient": None}
     assert kd_nst["epochs"] == 400 and kd_nst["data"]["batch_size"] == 128
-    assert [(t["loss"], t["weight"]) for t in kd_nst["transfer"]] == [("kd", 16), ("nst_poly", 25)]
+    assert [(t["loss"], t["weight"]) for t in kd_nst["transfer"]] == [("kd", 16), ("nst_poly", 50)]
     assert kd_nst["student"]["network"] == "inception_bn_small"
     assert kd_nst["teacher"]["network"] == "preact_resnet1001_cifar"
     c100 = load_config(str(CONFIG_DIR / "cifar100" / "nst_gaussian.yaml"))
     assert c100["data"]["dataset"] == "cifar100"
     assert c100["teacher"]["checkpoint"] == "runs/cifar100/teacher/student.params"
-    assert c100["transfer"][0]["weight"] == 50
+    assert c100["transfer"][0]["weight"] == 100
 
 
 def test_tables_reference_existing_configs_and_quick_rows_are_valid():
@@ -176,3 +176,46 @@ def test_overrides_reach_list_items(tmp_path):
     assert cfg["transfer"][0]["end_epoch"] == 1 and cfg["transfer"][0]["weight"] == 2
     with pytest.raises(NSTError, match="not an index"):
         load_config(path, overrides=["transfer.3.weight=2"])
+
+
+def _scalar_keys(schema, prefix=""):
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from _scalar_keys(spec, prefix + key + ".")
+        elif bool not in (spec[0] if isinstance(spec[0], tuple) else (spec[0],)):
+            yield prefix + key
+
+
+def _numeric_keys():
+    from train.config import SCHEMA, TRANSFER_SCHEMA
+    keys = [k for k in _scalar_keys(SCHEMA) if k != "extends"]
+    keys += ["transfer.0." + k for k in _scalar_keys(TRANSFER_SCHEMA)]
+    return keys
+
+
+@pytest.mark.parametrize("key", _numeric_keys())
+@pytest.mark.parametrize("value", [True, False])
+def test_true_or_false_is_refused_where_a_number_or_string_is_expected(tmp_path, key, value):
+    """YAML's true/yes/on is a bool, and Python's bool is an int: a schema key that is
+    not true/false must refuse it (``epochs: true`` would otherwise train 1 epoch)."""
+    data = {"name": "x", "epochs": 1, "data": {"dataset": "digits"},
+            "student": {"network": "inception_bn_small"},
+            "teacher": {"network": "a", "checkpoint": "b"},
+            "transfer": [{"loss": "kd", "student": "logits", "teacher": "logits"}]}
+    node, parts = data, key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[parts[-1]] = value
+    with pytest.raises(NSTError, match=re.escape(key.replace("transfer.0.", "transfer[0].")) +
+                       "|" + re.escape(parts[-1])):
+        load_config(write(tmp_path / "c.yaml", data))
+
+
+def test_yaml_spellings_of_true_are_refused_for_integers(tmp_path):
+    for text in ("true", "yes", "on", "True"):
+        path = write(tmp_path / "c.yaml", "name: x\nepochs: %s\ndata: {dataset: digits}\n"
+                     "student: {network: inception_bn_small}\n" % text)
+        with pytest.raises(NSTError, match="key 'epochs' must be an integer, got True"):
+            load_config(path)
+    with pytest.raises(NSTError, match="data.batch_size"):
+        load_config(write(tmp_path / "c.yaml", dict(MINIMAL)), overrides=["data.batch_size=true"])

@@ -27,7 +27,7 @@ from tools import voc_eval
 from tools.voc_eval import VOC_CLASSES
 
 SMALL = {"data.short": 96, "data.max_size": 128, "data.train_limit": 4, "data.test_limit": 6,
-         "epochs": 1, "train.log_interval": 1, "optimizer.lr_per_image": 0.002}
+         "epochs": 1, "train.log_interval": 1, "optimizer.lr": 0.004}
 
 
 @pytest.fixture(scope="module")
@@ -135,35 +135,144 @@ def trainable_keys(net):
     return {k for k, p in net._collect_params_with_prefix().items() if p.name in names}
 
 
+#: the shared run: 2 epochs of 2 steps on 2 CPU contexts, lr x0.1 after epoch 1
+RUN = {"epochs": 2, "optimizer.lr_steps": [1], "train.eval_every": 2}
+
+
+def stop_at_step(trainer, count):
+    """Deliver SIGTERM (as the handler would) during the ``count``-th training step."""
+    calls = []
+    forward_backward = trainer.forward_backward
+
+    def counted(batch):
+        calls.append(1)
+        if len(calls) == count:
+            trainer._stop_signal = signal.SIGTERM
+        return forward_backward(batch)
+
+    trainer.forward_backward = counted
+
+
 @pytest.fixture(scope="module")
 def run(tiny_voc, backbone, tmp_path_factory):
-    """Train on 2 CPU contexts: stop after step 1 (SIGTERM), resume, finish, test."""
+    """Train on 2 CPU contexts: stop during epoch 2, step 1 (SIGTERM), resume, finish, test.
+    A copy of the stopped run folder is kept for the resume-on-other-devices tests."""
     out = tmp_path_factory.mktemp("run")
-    cfg = small_config(tiny_voc, backbone, out)
+    cfg = small_config(tiny_voc, backbone, out, **RUN)
     contexts = [mx.cpu(0), mx.cpu(1)]
     first = DetectionTrainer(cfg, contexts, progress=False, log=lambda *_: None)
     before = snapshot(first.net)
-    first._stop_signal = signal.SIGTERM            # as if killed during the first step
+    stop_at_step(first, 3)
     assert first.fit() is None
     stopped = json.load(open(os.path.join(out, "checkpoint.json")))
+    stopped_copy = str(tmp_path_factory.mktemp("stopped") / "run")
+    shutil.copytree(str(out), stopped_copy)
     messages = []
     second = DetectionTrainer(cfg, contexts, progress=False, log=messages.append)
     results = second.fit(resume=True)
     return {"cfg": cfg, "out": str(out), "before": before, "stopped": stopped,
             "messages": messages, "results": results, "net": second.net,
-            "trainer": second}
+            "trainer": second, "stopped_copy": stopped_copy}
+
+
+@pytest.fixture(scope="module")
+def straight(run, tmp_path_factory):
+    """The same run without the interruption."""
+    out = tmp_path_factory.mktemp("straight")
+    cfg = dict(run["cfg"], out=str(out))
+    trainer = DetectionTrainer(cfg, [mx.cpu(0), mx.cpu(1)], progress=False, log=lambda *_: None)
+    return {"out": str(out), "results": trainer.fit(), "net": trainer.net}
 
 
 def test_stop_writes_a_mid_epoch_checkpoint_and_resume_continues(run):
-    assert run["stopped"]["epoch"] == 0 and run["stopped"]["step_in_epoch"] == 1
-    assert any("resuming" in m and "step 1" in m for m in run["messages"])
+    assert run["stopped"]["epoch"] == 1 and run["stopped"]["step_in_epoch"] == 1
+    assert run["stopped"]["images_per_step"] == 2 and run["stopped"]["devices"] == 2
+    assert any("resuming" in m and "epoch 2, step 1" in m for m in run["messages"])
     log = json.load(open(os.path.join(run["out"], "log.json")))
-    assert len(log) == 1
-    assert log[0]["train_images"] == 4                  # 2 steps x 2 devices, none twice
-    assert np.isfinite(log[0]["loss_total"]) and log[0]["loss_total"] > 0
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert [r["train_images"] for r in log] == [4, 4]   # 2 steps x 2 devices, none twice
+    assert log[0]["lr"] == pytest.approx(0.004) and log[1]["lr"] == pytest.approx(0.0004)
+    assert np.isfinite(log[1]["loss_total"]) and log[1]["loss_total"] > 0
     assert os.path.isfile(os.path.join(run["out"], "log.csv"))
     manifest = json.load(open(os.path.join(run["out"], "checkpoint.json")))
-    assert manifest["epoch"] == 1 and manifest["step_in_epoch"] == 0
+    assert manifest["epoch"] == 2 and manifest["step_in_epoch"] == 0
+
+
+def test_resumed_run_equals_the_uninterrupted_run_bitwise(run, straight):
+    """Stopped mid-epoch 2 and resumed == never stopped: every parameter, every logged loss
+    (the RoI sampler's draws are seeded per step, the momentum and lr schedule restored)."""
+    resumed, uninterrupted = snapshot(run["net"]), snapshot(straight["net"])
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+    logs = [json.load(open(os.path.join(r["out"], "log.json"))) for r in (run, straight)]
+    for a, b in zip(*logs):
+        for key in ("loss_total", "loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls",
+                    "loss_rcnn_box", "lr", "train_images"):
+            assert a[key] == b[key], key
+    assert run["results"]["mAP"] == straight["results"]["mAP"]
+
+
+def _resume_argv(run, out, *extra):
+    argv = ["detect", "train", "--config", QUICK_CONFIG, "--out", out, "--resume",
+            "--no-progress", "--backbone", run["cfg"]["backbone"]["checkpoint"],
+            "--voc-root", run["cfg"]["data"]["voc_root"]]
+    for key, value in dict(SMALL, **RUN).items():
+        argv += ["--set", "%s=%s" % (key, json.dumps(value))]
+    return argv + list(extra)
+
+
+def test_resume_at_another_global_batch_is_one_clear_error(run, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    shutil.copytree(run["stopped_copy"], out)
+    before = open(os.path.join(out, "checkpoint.json")).read()
+    assert nst_main(_resume_argv(run, out, "--cpus", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nst detect: error: cannot resume")
+    for fragment in ("2 images per step (2 device(s) x 1 image(s), 2 steps per epoch, now at "
+                     "epoch 2, step 1)", "1 device(s) x 1 image(s) = 1",
+                     "--set train.images_per_device=2"):
+        assert fragment in err[0], err[0]
+    assert open(os.path.join(out, "checkpoint.json")).read() == before   # nothing trained
+
+
+def test_resume_on_other_devices_at_the_same_global_batch_continues(run, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(run["stopped_copy"], out)
+    cfg = dict(run["cfg"], out=out)
+    cfg["train"] = dict(cfg["train"], images_per_device=2)
+    messages = []
+    results = DetectionTrainer(cfg, [mx.cpu(0)], progress=False,
+                               log=messages.append).fit(resume=True)
+    assert results["mAP"] is not None
+    assert any("1 device(s) x 2 image(s) instead of 2 x 1: the same 2 images per step" in m
+               and "(epoch 2, step 1)" in m for m in messages), messages
+    log = json.load(open(os.path.join(out, "log.json")))
+    assert [r["train_images"] for r in log] == [4, 4]
+    assert log[1]["lr"] == pytest.approx(0.0004)       # the schedule's position carried over
+    manifest = json.load(open(os.path.join(out, "checkpoint.json")))
+    assert manifest["global_step"] == 4 and manifest["devices"] == 1
+
+
+def test_checkpoint_without_batch_record_resumes_with_a_warning(run):
+    trainer, messages = run["trainer"], []
+    trainer.log = messages.append
+    legacy = {k: v for k, v in run["stopped"].items()
+              if k not in ("devices", "images_per_device", "images_per_step", "steps_per_epoch")}
+    trainer._check_resume_batch(legacy)
+    assert len(messages) == 1 and messages[0].startswith("warning: checkpoint")
+    assert "assuming this run's 2 (2 device(s) x 1)" in messages[0]
+
+
+def test_resume_with_another_training_set_is_refused(run, tmp_path):
+    out = str(tmp_path / "run")
+    shutil.copytree(run["stopped_copy"], out)
+    cfg = dict(run["cfg"], out=out)
+    cfg["data"] = dict(cfg["data"], train_limit=6)
+    with pytest.raises(NSTError, match=r"trained on 4 images per epoch \(2 steps of 2\), this "
+                                       r"run's training set gives 3 steps"):
+        DetectionTrainer(cfg, [mx.cpu(0), mx.cpu(1)], progress=False,
+                         log=lambda *_: None).fit(resume=True)
 
 
 def test_training_changes_trained_parameters_only(run):
@@ -226,6 +335,183 @@ def test_existing_run_needs_resume(run):
         DetectionTrainer(run["cfg"], [mx.cpu()], progress=False, log=lambda *_: None).fit()
     again = DetectionTrainer(run["cfg"], [mx.cpu()], progress=False, log=lambda *_: None)
     assert again.fit(resume=True)["mAP"] == run["results"]["mAP"]   # finished: not retrained
+
+
+# ------------------------------------------- one step against GluonCV's own training step
+@pytest.fixture(scope="module")
+def gluoncv_step(tiny_voc, backbone, tmp_path_factory):
+    """One training step of ours (2 CPU contexts, the recipe's lr 0.001, wd 5e-4, momentum
+    0.9) beside GluonCV's own: its VOCDetection, FasterRCNNDefaultTrainTransform (RPN target
+    generator) and FasterRCNNTrainBatchify build the batch, its ForwardBackwardTask (the
+    R-CNN target generator inside the net, the four losses of train_faster_rcnn.py) runs
+    forward and backward, and a gluon.Trainer with train_faster_rcnn.py's VOC optimizer
+    settings steps with the batch size, on a copy of the same initial detector."""
+    import random
+
+    from gluoncv.data import VOCDetection
+    from gluoncv.data.batchify import FasterRCNNTrainBatchify
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
+    from gluoncv.model_zoo.rcnn.faster_rcnn.data_parallel import ForwardBackwardTask
+
+    from detection.data import _sample_seed
+    from detection.train import split_and_load
+    from train.rng import seed_step
+
+    out = tmp_path_factory.mktemp("gluoncv_step")
+    cfg = small_config(tiny_voc, backbone, out / "ours", **{
+        "data.train_limit": 2, "optimizer.lr": 0.001, "optimizer.lr_steps": [14, 20]})
+    full = load_config()["optimizer"]
+    for key in ("lr", "wd", "momentum", "lr_factor", "warmup_steps"):
+        assert cfg["optimizer"][key] == full[key], key
+    ctx = [mx.cpu(0), mx.cpu(1)]
+    ours = DetectionTrainer(cfg, ctx, progress=False, log=lambda *_: None)
+    ours.sampler.set_epoch(0, 0)
+    keys = next(iter(ours.sampler))
+    our_batch = next(iter(ours.loader))
+    initial = str(out / "initial.params")
+    ours.net.save_parameters(initial)
+    ref = build_detector(cfg, VOC_CLASSES, None, ctx)
+    ref.load_parameters(initial, ctx=ctx)
+    ours.net.hybridize()
+    ref.hybridize()
+
+    # GluonCV's batch: its dataset and transform, each sample's RNGs seeded as ours are
+    dataset = VOCDetection(root=tiny_voc, splits=[(2007, "trainval")])
+    transform = FasterRCNNDefaultTrainTransform(ref.short, ref.max_size, ref, ashape=ref.ashape,
+                                                multi_stage=False)
+    samples = []
+    for key in keys:
+        epoch, idx = divmod(key, len(ours.train_set))
+        random.seed(_sample_seed(cfg["seed"], epoch, idx))
+        np.random.seed(_sample_seed(cfg["seed"], epoch, idx))
+        samples.append(transform(*dataset[idx]))
+    ref_batch = FasterRCNNTrainBatchify(ref, len(ctx))(samples)
+
+    loss = gluon_losses()
+    ref_trainer = mx.gluon.Trainer(ref.collect_train_params(), "sgd",
+                                   {"learning_rate": 0.001, "wd": 5e-4, "momentum": 0.9},
+                                   kvstore=mx.kvstore.create("device"))
+    task = ForwardBackwardTask(ref, ref_trainer, *loss, mix_ratio=1.0, amp_enabled=False)
+    seed_step(cfg["seed"], 0, 0)   # the RoI sampler draws what our step 0 draws
+    metrics = [task.forward_backward(x) for x in zip(*split_and_load(ref_batch, ctx))]
+    ref_losses = np.array([[m[k].asscalar() for k in range(4)] for m in metrics])
+    ref_grads = [[g.asnumpy().copy() for g in p.list_grad()]
+                 for p in ref.collect_train_params().values()]
+    ref_trainer.step(len(ctx))
+
+    seed_step(cfg["seed"], 0, 0)
+    our_losses = np.array([c.asnumpy() for c in ours.forward_backward(
+        split_and_load(our_batch, ctx))])
+    our_grads = [[g.asnumpy().copy() for g in p.list_grad()]
+                 for p in ours.net.collect_train_params().values()]
+    record = ours._train_epoch(0, 0, None)   # our own loop: one step, forward again, update
+    return {"ours": ours, "ref": ref, "our_batch": our_batch, "ref_batch": ref_batch,
+            "our_losses": our_losses, "ref_losses": ref_losses, "our_grads": our_grads,
+            "ref_grads": ref_grads, "record": record, "initial": mx.nd.load(initial)}
+
+
+def gluon_losses():
+    """The four losses of GluonCV's train_faster_rcnn.py (its --rpn/--rcnn-smoothl1-rho)."""
+    loss = mx.gluon.loss
+    return (loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=False), loss.HuberLoss(rho=1. / 9.),
+            loss.SoftmaxCrossEntropyLoss(), loss.HuberLoss(rho=1.))
+
+
+def test_training_batch_equals_gluoncv_data_pipeline(gluoncv_step):
+    ours, ref = gluoncv_step["our_batch"], gluoncv_step["ref_batch"]
+    assert len(ours) == len(ref) == 5                # image, label, 3 RPN target arrays
+    for a, b in zip(ours, ref):
+        assert len(a) == len(b) == 2                 # one shard per device
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.asnumpy(), y.asnumpy())
+
+
+def test_step_losses_and_gradients_equal_gluoncv_training_step(gluoncv_step):
+    ours, ref = gluoncv_step["our_losses"], gluoncv_step["ref_losses"]
+    assert ours.shape == ref.shape == (2, 4)          # per device: rpn cls/box, rcnn cls/box
+    assert (ref > 0).all()
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
+    record = gluoncv_step["record"]                   # the loop's log = mean over images
+    for k, name in enumerate(("rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box")):
+        assert record["loss_" + name] == pytest.approx(ref[:, k].mean(), rel=1e-6)
+    assert len(gluoncv_step["our_grads"]) == len(gluoncv_step["ref_grads"]) > 50
+    nonzero = 0
+    for mine, theirs in zip(gluoncv_step["our_grads"], gluoncv_step["ref_grads"]):
+        for a, b in zip(mine, theirs):
+            scale = max(float(np.abs(b).max()), 1e-30)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
+            nonzero += bool(np.abs(b).max() > 0)
+    assert nonzero > 50
+
+
+def test_step_update_equals_gluoncv_trainer_at_the_recipe_lr(gluoncv_step):
+    """Our loop's update == GluonCV's trainer.step(batch) at lr 0.001 on 2 devices: the lr is
+    not scaled by the images per step, the gradients are averaged over the images."""
+    ours, ref, initial = gluoncv_step["ours"], gluoncv_step["ref"], gluoncv_step["initial"]
+    assert ours.trainer.learning_rate == 0.001 and ours.images_per_step == 2
+    mine = ours.net._collect_params_with_prefix()
+    theirs = ref._collect_params_with_prefix()
+    moved = 0
+    for key, param in mine.items():
+        a = param.data(mx.cpu(0)).asnumpy().astype(np.float64) - initial[key].asnumpy()
+        b = theirs[key].data(mx.cpu(0)).asnumpy().astype(np.float64) - initial[key].asnumpy()
+        if not b.any():
+            assert not a.any(), key
+            continue
+        moved += 1
+        assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b), key
+    assert moved > 50
+
+
+def test_lr_schedule_is_gluoncv_epoch_steps(gluoncv_step):
+    """train_faster_rcnn.py multiplies the lr by 0.1 when epoch 14 (0-based) starts and never
+    again in 20 epochs (its second step, 20, is the end): the update after 14 epochs of steps
+    is the first at 1e-4."""
+    ours = gluoncv_step["ours"]
+    schedule, spe = ours.trainer._optimizer.lr_scheduler, ours.steps_per_epoch
+    assert spe == 1
+    assert schedule(14 * spe) == pytest.approx(0.001)
+    assert schedule(14 * spe + 1) == pytest.approx(1e-4)
+    assert schedule(20 * spe) == pytest.approx(1e-4)
+
+
+def test_full_recipe_is_gluoncv_published_voc_run():
+    """configs/voc/faster_rcnn.yaml's optimizer = the Namespace logged by GluonCV's published
+    faster_rcnn_resnet50_v1b_voc run (batch_size=4, epochs=20, lr=0.001, lr_decay=0.1,
+    lr_decay_epoch='14,20', lr_warmup=-1, momentum=0.9, wd=0.0005)."""
+    from detection.train import GLUONCV_PUBLISHED, recipe_note
+
+    cfg = load_config()
+    o = cfg["optimizer"]
+    assert (o["name"], o["lr"], o["momentum"], o["wd"], o["lr_steps"], o["lr_factor"],
+            o["warmup_steps"]) == ("sgd", 0.001, 0.9, 5e-4, [14, 20], 0.1, 0)
+    assert cfg["epochs"] == 20 and cfg["train"]["images_per_device"] == 1
+    assert cfg["model"]["post_nms"] == -1            # GluonCV 0.10 never applies its post_nms
+    assert GLUONCV_PUBLISHED == {"images_per_step": 4, "lr": 0.001}
+    assert "is GluonCV's published VOC run" in recipe_note(0.001, 4, 1, 4137)
+    eight = recipe_note(0.001, 8, 1, 2068)
+    assert "= 8 image(s) per step" in eight and "0.5x its steps per epoch" in eight
+    assert "linear-scaling rule would give lr 0.002" in eight
+
+
+def test_old_lr_per_image_key_is_refused(tmp_path):
+    with pytest.raises(NSTError, match=r"lr_per_image' was removed.*optimizer\.lr"):
+        load_config(values={"optimizer.lr_per_image": 0.001})
+    with pytest.raises(NSTError, match="finite"):
+        load_config(values={"optimizer.lr": float("nan")})
+    with pytest.raises(NSTError, match="post_nms"):
+        load_config(values={"model.post_nms": 0})
+
+
+def test_post_nms_caps_the_detections_per_image():
+    from detection.train import cap_detections
+
+    ids = np.array([0, 3, -1, 2, 2, 5, -1])
+    scores = np.array([0.2, 0.9, 0.95, 0.5, 0.9, 0.1, -1])
+    np.testing.assert_array_equal(cap_detections(ids, scores, 3), [-1, 3, -1, 2, 2, -1, -1])
+    np.testing.assert_array_equal(cap_detections(ids, scores, 1), [-1, 3, -1, -1, -1, -1, -1])
+    np.testing.assert_array_equal(cap_detections(ids, scores, -1), ids)
+    np.testing.assert_array_equal(cap_detections(ids, scores, 10), ids)
 
 
 # ------------------------------------------------------------------ bad data

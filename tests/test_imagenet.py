@@ -497,28 +497,34 @@ def test_imagenet_configs_follow_the_paper():
         (24.34, 7.11)
     assert rows["teacher"]["role"] == "teacher" and len(rows) == 9
     expected = {"student": [], "kd": [("kd", 16)], "fitnet": [("fitnet", 100)],
-                "at": [("at", 1000)], "nst_poly": [("nst_poly", 25)],
+                "at": [("at", 1000)], "nst_poly": [("nst_poly", 50)],
                 "kd_fitnet": [("kd", 16), ("fitnet", 100)], "kd_at": [("kd", 16), ("at", 1000)],
-                "kd_nst": [("kd", 16), ("nst_poly", 25)], "teacher": []}
+                "kd_nst": [("kd", 16), ("nst_poly", 50)], "teacher": []}
     for key, row in rows.items():
         cfg = load_config(str(CONFIG_DIR / row["config"]))
+        schedule = ([60, 90, 120], 127, 480) if key == "teacher" else ([30, 60, 90], 100, 512)
         assert cfg["optimizer"] == {"name": "nag", "lr": 0.1, "momentum": 0.9, "wd": 1e-4,
-                                    "lr_steps": [30, 60, 90], "lr_factor": 0.1,
-                                    "warmup_epochs": 0, "clip_gradient": None}
-        assert cfg["epochs"] == 100 and cfg["data"]["batch_size"] == 512
+                                    "no_wd": ["beta", "bias"], "lr_steps": schedule[0],
+                                    "lr_factor": 0.1, "warmup_epochs": 0, "clip_gradient": None}
+        assert (cfg["epochs"], cfg["data"]["batch_size"]) == schedule[1:]
         assert (cfg["data"]["image_size"], cfg["data"]["val_resize"]) == (224, 256)
         assert cfg["student"]["network"] == ("preact_resnet101" if key == "teacher"
                                              else "inception_bn")
         assert [(t["loss"], t["weight"]) for t in cfg["transfer"]] == expected[key]
+        if cfg["transfer"]:   # the authors' ResNet-101 checkpoint, batch statistics
+            assert cfg["teacher"]["network"] == "mxnet_checkpoint"
+            assert cfg["teacher"]["params"]["prefix"] == "models/resnet-101"
+            assert cfg["teacher"]["batchnorm"] == "batch"
         for entry in cfg["transfer"]:
             if entry["loss"] != "kd":
                 assert (entry["student"], entry["teacher"]) == ("in5b_bn", "bn1")
             else:
                 assert entry["params"] == {"temperature": 4}
     variant = load_config(str(CONFIG_DIR / "imagenet" / "kd_nst_checkpoint_teacher.yaml"))
-    assert variant["teacher"]["network"] == "mxnet_checkpoint"
+    assert variant["teacher"]["network"] == "gluoncv:resnet101_v2"
+    assert variant["teacher"]["params"] == {"pretrained": True}
     assert variant["teacher"]["checkpoint"] is None
-    assert variant["transfer"][1]["teacher"] == "bn1_output"
+    assert variant["transfer"][1]["teacher"] == "batchnorm2_fwd"
     # the shapes the losses pair at full scale: in5b 1024x7x7, bn1 2048x7x7
     student = symbols.get_model("inception_bn", classes=1000)
     teacher = symbols.get_model("preact_resnet101", classes=1000)
@@ -535,6 +541,10 @@ def test_table3_printout():
     assert "| 25.74 | 26.00 | +0.26 | 8.07 | 8.50 | +0.43 |" in lines["Student"]
     assert "| 24.34 | 24.00 | -0.34 | 7.11 | — | — |" in lines["KD+NST*"]
     assert "not run" in lines["Teacher"] and "22.68" in lines["Teacher"]
+    # the teacher used by default is the authors' checkpoint, with its published error
+    assert "tornadomeet" in text and "top-1 22.68, top-5 6.58" in text
+    gluoncv = format_table("table3", {"imagenet": measured}, teacher="gluoncv")
+    assert "resnet101_v2" in gluoncv and "top-1 21.47, top-5 5.83" in gluoncv
 
 
 def test_dist_sync_workers_read_their_own_parts(packed, symbol_teacher, tmp_path):

@@ -69,7 +69,8 @@ def ref_conv1x1(f, weight, bias):
 
 
 def ref_fsp(student, teacher, connectors=None):
-    """Mean over samples of the mean over consecutive pairs of ||G_S - G_T||^2 / (C1 C2).
+    """Mean over samples of the sum over consecutive pairs of ||G_S - G_T||^2 / (C1 C2)
+    (RepDistiller: per-pair element mean, pairs summed).
 
     ``student`` / ``teacher``: lists (one per layer) of (N, C, H, W) arrays;
     ``connectors``: per student layer None or (weight, bias) of a 1x1 conv."""
@@ -84,7 +85,7 @@ def ref_fsp(student, teacher, connectors=None):
         for j in range(k - 1):
             d = ref_fsp_matrix(s[j], s[j + 1]) - ref_fsp_matrix(t[j], t[j + 1])
             total += float(np.sum(d * d)) / d.size
-        vals.append(total / (k - 1))
+        vals.append(total)
     return float(np.mean(vals))
 
 

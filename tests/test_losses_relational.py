@@ -10,6 +10,7 @@ on scikit-learn's digits with tiny networks (works without the CIFAR subset).
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import mxnet as mx
@@ -163,7 +164,7 @@ def ref_ab(s, t, weight, gamma, beta, margin=1.0):
 
 def ref_vid(s, t, w1, w2, w3, alpha, eps=1e-5):
     """Ahn et al.: Gaussian NLL of t given mu(s) (conv-ReLU-conv-ReLU-conv), sigma_c^2 =
-    softplus(alpha_c) + eps; sum over channels of the mean over positions, batch mean."""
+    softplus(alpha_c) + eps; mean over channels and positions, batch mean."""
     s, t = ref_pair(s, t)
     h1 = np.maximum(np.einsum("oc,nchw->nohw", w1, s), 0)
     h2 = np.maximum(np.einsum("oc,nchw->nohw", w2, h1), 0)
@@ -173,7 +174,7 @@ def ref_vid(s, t, w1, w2, w3, alpha, eps=1e-5):
     for n in range(len(s)):
         for c in range(t.shape[1]):
             nll = 0.5 * math.log(var[c]) + (t[n, c] - mu[n, c]) ** 2 / (2 * var[c])
-            total += nll.mean()
+            total += nll.mean() / t.shape[1]
     return total / len(s)
 
 
@@ -249,7 +250,7 @@ def batch_for(name):
                          ids=["%s-%s-%s" % (n, "x".join(map(str, s)), "x".join(map(str, t)))
                               for n, s, t in CASES])
 def test_value_and_gradient_vs_reference(name, s_shape, t_shape):
-    rng = np.random.default_rng(abs(hash((name, s_shape, t_shape))) % 2 ** 32)
+    rng = np.random.default_rng(zlib.crc32(repr((name, s_shape, t_shape)).encode()))
     b = batch_for(name)
     s = rng.standard_normal((b,) + s_shape) if name == "ab" else rng.uniform(0, 1, (b,) + s_shape)
     t = rng.standard_normal((b,) + t_shape)

@@ -21,21 +21,15 @@ import numpy as np
 import pytest
 import yaml
 
-import symbols
 from train import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER = {"network": "preact_resnet11_cifar", "params": {"width": 0.25}}
+from trainer_helpers import TEACHER, save_random_teacher
 
 
 @pytest.fixture(scope="module")
 def teacher_params(tmp_path_factory):
-    net = symbols.get_model(TEACHER["network"], classes=10, **TEACHER["params"])
-    net.initialize(mx.init.Xavier())
-    net(mx.nd.zeros((1, 3, 32, 32)))
-    path = str(tmp_path_factory.mktemp("teacher") / "teacher.params")
-    net.save_parameters(path)
-    return path
+    return save_random_teacher(tmp_path_factory.mktemp("teacher") / "teacher.params")
 
 
 def write_config(tmp_path, name, teacher_params, epochs=3):
@@ -54,7 +48,7 @@ def write_config(tmp_path, name, teacher_params, epochs=3):
     return str(path), tmp_path / name
 
 
-def nst(args, env_extra=None, timeout=240):
+def nst(args, env_extra=None, timeout=900):
     env = dict(os.environ)
     env.pop("NST_FAULT", None)
     env.update(env_extra or {})
@@ -101,14 +95,22 @@ def test_killed_at_any_point_resumes_to_the_uninterrupted_result(tmp_path, teach
         manifest = check_run_folder(out)
         progress.append(None if manifest is None else manifest["epoch"])
     assert progress == [None, 1, 2, 2, 2]
-    # and once at a random instant
+    # and once at a random instant inside a step: frozen after a (seeded) random
+    # number of steps of epoch 3 (no sleep racing the start-up), then continued
+    # and killed a random fraction of a second later
+    rng = np.random.default_rng(0)
+    env = dict(os.environ, NST_FAULT="step@%d:stop" % rng.integers(1, 5))
     proc = subprocess.Popen([sys.executable, "-m", "nst.cli", "train", cfg, "--no-progress",
-                             "--resume"], cwd=REPO, stdout=subprocess.DEVNULL,
+                             "--resume"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    time.sleep(np.random.default_rng(0).uniform(3.0, 6.0))
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+    proc.send_signal(signal.SIGCONT)
+    time.sleep(rng.uniform(0.0, 0.3))
     proc.kill()
-    proc.wait()
-    check_run_folder(out)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert check_run_folder(out)["epoch"] == 2
 
     final = nst(["train", cfg, "--no-progress", "--resume"])
     assert final.returncode == 0, final.stderr
@@ -131,18 +133,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_completes(tmp_path, teacher_param
     ref_cfg, ref_out = write_config(tmp_path, "reference", teacher_params, epochs=2)
     assert nst(["train", ref_cfg, "--no-progress"]).returncode == 0
     cfg, out = write_config(tmp_path, "term", teacher_params, epochs=2)
-    proc = subprocess.Popen([sys.executable, "-m", "nst.cli", "train", cfg, "--no-progress"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # wait for epoch 1 to be logged, then stop during epoch 2
-    deadline = time.time() + 120
-    while not (out / "log.json").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "checkpoint written" in stdout + stderr
+    # SIGTERM right after update 8 = epoch 2, step 3 (5 steps per epoch): delivered
+    # by the process itself at that fault point, so no timing race with the test
+    stopped = nst(["train", cfg, "--no-progress"], {"NST_FAULT": "step@8:term"})
+    assert stopped.returncode == 130, stopped.stderr
+    assert "checkpoint written" in stopped.stdout + stopped.stderr
     manifest = check_run_folder(out)
-    assert manifest["epoch"] == 1 and 0 < manifest["step_in_epoch"] < 5
+    assert (manifest["epoch"], manifest["step_in_epoch"]) == (1, 3)
     assert nst(["train", cfg, "--no-progress", "--resume"]).returncode == 0
     a, b = params(ref_out / "student.params"), params(out / "student.params")
     for key in a:
@@ -204,3 +201,44 @@ def test_published_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+
+
+# ------------------------------------------------------------ fault actions
+_FAULT_CHILD = """
+import signal, sys
+sys.path.insert(0, %r)
+from nst import faults
+signal.signal(signal.SIGTERM, lambda *_: print("term at", visits, flush=True))
+for visits in range(1, 5):
+    faults.checkpoint("step")
+print("done", flush=True)
+""" % REPO
+
+
+def _fault_child(spec):
+    env = dict(os.environ, NST_FAULT=spec)
+    return subprocess.Popen([sys.executable, "-c", _FAULT_CHILD], env=env,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_fault_actions_kill_term_and_stop_at_the_chosen_visit():
+    from nst import faults
+    os.environ["NST_FAULT"] = "step@8:term,eval@2,log-write@1:stop,bad@x,odd@3:nope"
+    try:
+        plan = faults._plan()
+    finally:
+        del os.environ["NST_FAULT"]
+    assert plan == {"step": (8, signal.SIGTERM), "eval": (2, signal.SIGKILL),
+                    "log-write": (1, signal.SIGSTOP)}
+    killed = _fault_child("step@3")
+    out, _ = killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL and out == ""
+    termed = _fault_child("step@3:term")
+    out, _ = termed.communicate(timeout=60)
+    assert termed.returncode == 0 and out.splitlines() == ["term at 3", "done"]
+    stopped = _fault_child("step@2:stop")
+    _, status = os.waitpid(stopped.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
+    stopped.send_signal(signal.SIGCONT)
+    out, _ = stopped.communicate(timeout=60)
+    assert stopped.returncode == 0 and out.splitlines() == ["done"]

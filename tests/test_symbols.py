@@ -240,12 +240,12 @@ def test_inception_bn_pinned_shapes(inception_bn_224):
     _assert_close(mx.nd.relu(f5b_bn), in5b)
     channels = {"3a": 256, "3b": 320, "3c": 576, "4a": 576, "4b": 576, "4c": 608, "4d": 608,
                 "4e": 1056, "5a": 1024, "5b": 1024}
-    sides = {"3": 28, "4": 14, "5": 7}
+    sides = {"3": 27, "4": 14, "5": 7}     # MXNet's layout: pool1/pool2 unpadded
     shapes = net.feature_shapes(IMAGENET)
     for module, c in channels.items():
         side = 14 if module == "3c" else 7 if module == "4e" else sides[module[0]]
         assert shapes[module] == shapes[module + "_bn"] == (1, c, side, side), module
-    assert [shapes[s][2] for s in ("conv1", "pool1", "pool2")] == [112, 56, 28]
+    assert [shapes[s][2] for s in ("conv1", "pool1", "pool2")] == [112, 55, 27]
 
 
 def test_inception_bn_split_at_4b(inception_bn_224):

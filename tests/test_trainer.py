@@ -79,10 +79,17 @@ def test_two_epoch_distillation_on_two_contexts(cifar_root, teacher_checkpoint, 
     csv = (out / "log.csv").read_text().splitlines()
     assert len(csv) == 3 and "loss_nst_poly" in csv[0]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert result["test_top1_err"] == log[-1]["test_top1_err"]
-    # the exported student is a plain Gluon parameter file of the student alone
+    # the exported student is a plain Gluon parameter file of the student alone, and
+    # the reported test error is that student's on the first 64 test images
     net = symbols.get_model("inception_bn_small", classes=10, width=0.125)
     net.load_parameters(str(out / "student.params"))
+    from train import data as arrays
+    test_x, test_y = arrays.load_dataset("cifar10", str(cifar_root), "test")
+    info = arrays.dataset_info("cifar10")
+    x = (test_x[:64].astype(np.float64) / 255 - info["mean"]) / info["std"]
+    logits = net(mx.nd.array(x.transpose(0, 3, 1, 2))).asnumpy()
+    expected_err = 100.0 * np.mean(logits.argmax(axis=1) != test_y[:64])
+    assert result["test_top1_err"] == pytest.approx(expected_err)
     manifest = ckpt.read_manifest(str(out))
     assert manifest["epoch"] == 2 and manifest["step_in_epoch"] == 0
     assert manifest["global_step"] == 2 * (192 // 32)
@@ -255,22 +262,31 @@ def test_atomic_checkpoint_leaves_previous_on_failure(cifar_root, tmp_path, monk
 
 
 def test_demo_command_end_to_end(tmp_path, capsys):
-    """`nst demo` (the README's first command) at one epoch per run: every row
-    trained, the table, curves and t-SNE written, numbers from this run."""
+    """`nst demo` (the README's first command) at one epoch per run and two seeds:
+    every row trained per seed (the teacher once), mean ± std and per-seed values in
+    demo.json, the table, its reading, curves and t-SNE written, numbers from this run."""
     out = tmp_path / "demo"
-    assert nst_main(["demo", "--epochs", "1", "--out-root", str(out), "--no-progress"]) == 0
+    assert nst_main(["demo", "--epochs", "1", "--seeds", "0,1", "--out-root", str(out),
+                     "--no-progress"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "demo.json").read_text())["digits"]
     assert set(results) == {"teacher", "student", "kd", "nst_poly", "kd_nst"}
     for key, result in results.items():
         assert 0 <= result["test_top1_err"] <= 100
         assert "%.2f" % result["test_top1_err"] in printed
-        assert (out / key / "student.params").exists()
+        folder = out / key if key == "teacher" else out / key / "seed0"
+        assert (folder / "student.params").exists()
+        if key != "teacher":
+            assert set(result["seeds"]) == {"0", "1"}
+            assert result["test_top1_err"] == pytest.approx(sum(result["seeds"].values()) / 2)
+            assert result["test_top1_err_std"] == pytest.approx(
+                abs(result["seeds"]["0"] - result["seeds"]["1"]) / 2 ** 0.5)
     assert results["kd_nst"]["transfer"] == [{"loss": "kd", "weight": 16.0},
-                                             {"loss": "nst_poly", "weight": 25.0}]
+                                             {"loss": "nst_poly", "weight": 50.0}]
     for png in ("demo_digits_curves.png", "demo_tsne.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "MMD^2 (poly)" in printed and "| KD+NST (poly) |" in (out / "demo.md").read_text()
+    assert "What the numbers mean" in printed and "of the gap" in printed
 
 
 # ---------------------------------------------------------------- trainer hooks
@@ -393,3 +409,135 @@ def test_loss_pretraining_stage(cifar_root, teacher_checkpoint, tmp_path):
     with pytest.raises(NSTError, match="no pre-training stage"):
         Distiller(load_config_dict(dict(cfg, out=str(tmp_path / "x"))), parse_contexts(),
                   progress=False, log=lambda *_: None).fit()
+
+
+# ------------------------------------------- schedule and metrics (no ../shared)
+# Digits (scikit-learn, always available): 48 training images in batches of
+# 16 give 3 updates per epoch.
+
+def digits_config(out, **extra):
+    cfg = {"name": "d", "out": str(out), "seed": 4, "epochs": 3,
+           "data": {"dataset": "digits", "batch_size": 16, "train_limit": 48,
+                    "test_limit": 16, "test_batch_size": 16},
+           "student": {"network": "inception_bn_small", "params": {"width": 0.125}},
+           "train": {"eval_every": 10}}
+    cfg.update(extra)
+    return load_config_dict(cfg)
+
+
+def record_learning_rates(distiller, stop_after=None):
+    """The learning rate of every update (``trainer.learning_rate`` right after it)."""
+    rates = []
+    original = distiller.trainer.step
+
+    def step(batch_size, **kwargs):
+        original(batch_size, **kwargs)
+        rates.append(distiller.trainer.learning_rate)
+        if stop_after is not None and len(rates) == stop_after:
+            distiller._stop_signal = 15
+
+    distiller.trainer.step = step
+    return rates
+
+
+@pytest.mark.parametrize("optimizer, expected", [
+    # steps at epochs 1 and 2 = updates 3 and 6: update 4 is the first at the lower rate
+    ({"lr": 0.4, "lr_steps": [1, 2], "lr_factor": 0.5},
+     [0.4, 0.4, 0.4, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1]),
+    # one epoch of linear warm-up from 0 (update n of 3 at n/3 of the rate), then a step
+    ({"lr": 0.4, "lr_steps": [2], "lr_factor": 0.25, "warmup_epochs": 1},
+     [0.4 / 3, 0.8 / 3, 0.4, 0.4, 0.4, 0.4, 0.1, 0.1, 0.1]),
+])
+def test_learning_rate_at_every_update_and_after_resume(tmp_path, optimizer, expected):
+    """Updates 1..4 of a run stopped after update 4 (epoch 2, step 1), then updates
+    5..9 after --resume: the rates of an uninterrupted schedule."""
+    cfg = digits_config(tmp_path / "part", optimizer=optimizer)
+    part = Distiller(cfg, parse_contexts(), progress=False, log=lambda *_: None)
+    assert part.steps_per_epoch == 3
+    first = record_learning_rates(part, stop_after=4)
+    assert part.fit() is None
+    np.testing.assert_allclose(first, expected[:4], rtol=1e-6)
+    resumed = Distiller(cfg, parse_contexts(), progress=False, log=lambda *_: None)
+    rest = record_learning_rates(resumed)
+    resumed.fit(resume=True)
+    np.testing.assert_allclose(first + rest, expected, rtol=1e-6)
+    log = json.loads((tmp_path / "part" / "log.json").read_text())
+    np.testing.assert_allclose([r["lr"] for r in log], expected[2::3], rtol=1e-6)
+
+
+class _TableNet(mx.gluon.Block):
+    """A stand-in student whose logits for sample ``i`` are row ``i`` of a table
+    (the sample number is carried in pixel [0, 0, 0])."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = mx.nd.array(table)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.asnumpy())
+        return mx.nd.take(self.table.as_in_context(x.context), x[:, 0, 0, 0])
+
+
+def known_logits(classes=10, n=40, seed=0):
+    """Logits where sample i's label has rank ``ranks[i]`` (0 = the largest logit)."""
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(n) % classes          # every rank 0..9 four times
+    labels = rng.integers(0, classes, n)
+    table = np.empty((n, classes), np.float32)
+    for i in range(n):
+        order = rng.permutation([c for c in range(classes) if c != labels[i]])
+        ranked = np.insert(order, ranks[i], labels[i])   # classes by decreasing logit
+        table[i, ranked] = np.linspace(5.0, -5.0, classes)
+    return table, labels, ranks
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_top1_top5_errors_of_known_logits(tmp_path, cpus):
+    """Ten classes; the label is the k-th largest logit for k = 0..9, four samples each:
+    top-1 error 90 %, top-5 error 50 %, in evaluation and in the training-time counts."""
+    distiller = Distiller(digits_config(tmp_path / "m"), parse_contexts(cpus=cpus),
+                          progress=False, log=lambda *_: None)
+    table, labels, ranks = known_logits()
+    assert 100 * np.mean(ranks > 0) == 90 and 100 * np.mean(ranks >= 5) == 50
+    distiller.student = _TableNet(table)
+    ids = np.arange(len(labels), dtype=np.float32)
+    batches = [(np.broadcast_to(ids[s:s + 16, None, None, None], (len(ids[s:s + 16]), 3, 32, 32)),
+                labels[s:s + 16].astype(np.float32)) for s in range(0, len(ids), 16)]
+    result = distiller.evaluate(batches)
+    assert result["top1_err"] == pytest.approx(90.0)
+    assert result["top5_err"] == pytest.approx(50.0)
+    log_p = table - np.log(np.exp(table).sum(axis=1, keepdims=True))
+    assert result["ce"] == pytest.approx(-log_p[np.arange(len(labels)), labels].mean(), rel=1e-5)
+    # the training loop's on-device counts (top-1, top-5 correct)
+    counts = sum(distiller._correct_counts(mx.nd.array(table[s:s + 16]),
+                                           mx.nd.array(labels[s:s + 16])).asnumpy()
+                 for s in range(0, len(labels), 16))
+    np.testing.assert_array_equal(counts, [4, 20])
+
+
+def test_evaluation_reads_the_test_split(tmp_path, make_cifar10):
+    """What the student sees in evaluation is the test_batch file, in order, channel
+    planes as stored (R, G, B), normalised per channel -- not the training files."""
+    root = make_cifar10(tmp_path / "data", per_file=8, test=12, seed=3)
+    cfg = digits_config(tmp_path / "e", epochs=1)
+    cfg["data"].update(dataset="cifar10", root=str(root), train_limit=32, test_limit=None,
+                       test_batch_size=5)
+    distiller = Distiller(cfg, parse_contexts(), progress=False, log=lambda *_: None)
+    import pickle
+    with open(root / "cifar-10-batches-py" / "test_batch", "rb") as handle:
+        raw = pickle.load(handle, encoding="bytes")
+    planes = np.asarray(raw[b"data"], np.float64).reshape(12, 3, 32, 32)
+    recorder = _TableNet(np.zeros((1, 10), np.float32))
+    recorder.forward = lambda x: recorder.seen.append(x.asnumpy()) or mx.nd.zeros(
+        (x.shape[0], 10), ctx=x.context)
+    distiller.student = recorder
+    result = distiller.evaluate()
+    seen = np.concatenate(recorder.seen)
+    assert seen.shape == (12, 3, 32, 32)
+    for c in range(3):  # an increasing affine map of each stored plane
+        a, b = np.polyfit(planes[:, c].ravel(), seen[:, c].ravel(), 1)
+        assert a > 0
+        np.testing.assert_allclose(seen[:, c], a * planes[:, c] + b, atol=1e-4)
+    labels = np.asarray(raw[b"labels"])
+    assert result["top1_err"] == pytest.approx(100 * np.mean(labels != 0))

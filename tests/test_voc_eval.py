@@ -228,6 +228,39 @@ def test_equals_gluoncv_metric_on_random_detections(tmp_path, seed, metric):
         assert r["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
 
 
+@pytest.mark.parametrize("metric", ["voc07", "voc10"])
+def test_cross_image_score_ties_keep_file_order_as_the_devkit_gluoncv_reverses_them(tmp_path,
+                                                                                      metric):
+    """Two detections of one class with the same score in different images: a false
+    positive on image a listed before a true positive on image b.  The devkit
+    (VOCevaldet.m: MATLAB's stable ``sort(-confidence)``) and this tool visit them in file
+    order, FP then TP: recall (0, 1), precision (0, 1/2) -> AP 0.5 (11-point and area).
+    GluonCV's VOC07MApMetric/VOCMApMetric sort with ``argsort()[::-1]``, which reverses
+    the tie, TP then FP: recall (1, 1), precision (1, 1/2) -> AP 1.  Listed the other way
+    round, this tool gives 1 as well: the equality with GluonCV holds only without such
+    ties."""
+    gts = {"a": [], "b": [("dog", BOX, 0)]}
+    file_order = [("a", 0.5, BOX), ("b", 0.5, BOX)]
+    r = score(tmp_path / "ab", gts, {"dog": file_order}, metric)
+    assert r["ap"]["dog"] == pytest.approx(0.5)                      # devkit order
+    assert _gluoncv_map(gts, {"dog": file_order}, ("dog",), metric)["dog"] == pytest.approx(1.0)
+    swapped = score(tmp_path / "ba", gts, {"dog": file_order[::-1]}, metric)
+    assert swapped["ap"]["dog"] == pytest.approx(1.0)
+    # the same through the detector's JSON, whose rows keep the order of the input
+    ids = ["a", "b"]
+    dets, _ = voc_eval.read_detections(str(tmp_path / "ab" / "dets"), ["dog"], ids)
+    path = str(tmp_path / "dets.json")
+    voc_eval.write_detections_json(path, dets, ["dog"])
+    again, _ = voc_eval.read_detections(path, None, ids)
+    assert [row for row in again["dog"]["image_ids"]] == ["a", "b"]
+    g = voc_eval.load_ground_truth(str(tmp_path / "ab" / "Annotations"), ids, ["dog"])
+    assert voc_eval.evaluate(again, g, ["dog"], metric)["ap"]["dog"] == pytest.approx(0.5)
+    # without the tie all three agree
+    untied = [("a", 0.5, BOX), ("b", 0.5 + 1e-3, BOX)]
+    assert score(tmp_path / "untied", gts, {"dog": untied}, metric)["ap"]["dog"] == \
+        pytest.approx(_gluoncv_map(gts, {"dog": untied}, ("dog",), metric)["dog"]) == 1.0
+
+
 def test_voc07_and_voc10_differ_on_random_detections(tmp_path):
     classes = ("bird", "cat", "dog")
     gts, dets = _random_case(np.random.default_rng(7), 20, classes)

@@ -15,3 +15,18 @@ def base_config(root, out, **extra):
            "train": {"log_interval": 2}}
     cfg.update(extra)
     return cfg
+
+
+def save_random_teacher(path, seed=None):
+    """Save a randomly initialised :data:`TEACHER` (its features are all a transfer
+    loss needs) to ``path``; ``seed`` seeds MXNet's generator first."""
+    import mxnet as mx
+    import symbols
+
+    if seed is not None:
+        mx.random.seed(seed)
+    net = symbols.get_model(TEACHER["network"], classes=10, **TEACHER["params"])
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    net.save_parameters(str(path))
+    return str(path)

@@ -1,0 +1,1 @@
+import nst.compat  # noqa: F401  -- NumPy aliases MXNet needs, before any mxnet import

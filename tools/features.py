@@ -18,6 +18,13 @@
   the same ``eps``, and the squared MMD between two sample sets with the
   linear, polynomial or Gaussian kernel, in float64.
 
+* ``nst features NETWORK`` (:func:`run`) lists the feature names a network
+  offers, with their shapes at a given input (:func:`feature_table`, by shape
+  inference: no weights needed), and with ``--pair OTHER`` the candidate
+  student/teacher pairs: the last feature map of each spatial size
+  (:func:`stage_ends`) on both sides, paired when the sizes are equal or an
+  integer ratio apart (:func:`candidate_pairs`).
+
 Every problem (a missing folder or checkpoint, an unknown layer, a checkpoint
 that does not fit the network) is one :class:`nst.errors.NSTError` with the fix.
 """
@@ -34,7 +41,9 @@ from nst.io import read_json
 __all__ = ["ModelSpec", "read_run_config", "spec_from_run", "teacher_spec_from_run",
            "transfer_feature", "resolve_path", "load_network", "extract", "load_images",
            "denormalise", "match_maps", "normalise_maps", "selectivity_points", "mmd2",
-           "KERNELS", "EPS"]
+           "KERNELS", "EPS", "default_input", "parse_input", "build_untrained", "feature_table",
+           "stage_ends", "spatial_ratio", "candidate_pairs", "list_features", "add_arguments",
+           "run"]
 
 #: the NST loss's normalisation constant (train.losses.nst: ``eps`` = 1e-10)
 EPS = 1e-10
@@ -112,12 +121,20 @@ def resolve_path(path, run=None, cfg=None):
     return None
 
 
-def _classes_of(cfg):
+def _classes_of(cfg, run=None):
+    """The run's number of classes: the data set's, or the lines of ``<run>/classes.txt``
+    (written for data sets that know their class names, e.g. image folders)."""
     from train.data import DATASETS
 
     dataset = (cfg.get("data") or {}).get("dataset")
     info = DATASETS.get(dataset)
-    return None if info is None else info["num_classes"]
+    if info is not None:
+        return info["num_classes"]
+    names = os.path.join(run, "classes.txt") if run else None
+    if names and os.path.isfile(names):
+        with open(names, "r", encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip()) or None
+    return None
 
 
 def transfer_feature(cfg, side="student"):
@@ -154,7 +171,7 @@ def spec_from_run(run, label=None):
     student = cfg["student"]
     return ModelSpec(network=student["network"], params=dict(student.get("params") or {}),
                      checkpoint=params_file, feature=transfer_feature(cfg, "student"),
-                     classes=_classes_of(cfg), label=label or os.path.basename(
+                     classes=_classes_of(cfg, run), label=label or os.path.basename(
                          os.path.normpath(run)), run=run)
 
 
@@ -172,7 +189,7 @@ def teacher_spec_from_run(run, cfg=None):
                        "--teacher-net NAME" % (teacher.get("checkpoint"), run))
     return ModelSpec(network=teacher["network"], params=dict(teacher.get("params") or {}),
                      checkpoint=path, feature=transfer_feature(cfg, "teacher"),
-                     classes=_classes_of(cfg), label="teacher", run=None)
+                     classes=_classes_of(cfg, run), label="teacher", run=None)
 
 
 # ---------------------------------------------------------------------------
@@ -188,8 +205,11 @@ def load_network(spec, features, ctx=None):
     if not spec.checkpoint or not os.path.isfile(spec.checkpoint):
         raise NSTError("checkpoint %s does not exist; give the .params file `nst train` wrote "
                        "(<run>/student.params) or the run folder" % spec.checkpoint)
+    params = dict(spec.params)
+    if str(spec.network).strip().lower().startswith("gluoncv:"):
+        params["pretrained"] = False  # the weights come from the checkpoint: no download
     net = symbols.get_model(spec.network, classes=spec.classes, features=list(features),
-                            **spec.params)
+                            **params)
     try:
         net.load_parameters(spec.checkpoint, ctx=ctx)
     except Exception as err:  # AssertionError / MXNetError on a mismatch
@@ -341,3 +361,185 @@ def mmd2(teacher, student, kernel="poly", degree=2, c=0.0):
     k_ss = _chunked_sum(s, s, k) / len(s) ** 2
     k_ts = _chunked_sum(t, s, k) / (len(t) * len(s))
     return float(k_tt + k_ss - 2.0 * k_ts)
+
+
+# ---------------------------------------------------------------------------
+# `nst features`: what a network can be tapped at
+# ---------------------------------------------------------------------------
+
+#: built-in networks fed 32 x 32 images (the rest: 224 x 224)
+_SMALL_INPUT = ("_cifar", "inception_bn_small")
+
+
+def default_input(network):
+    """The input shape ``(C, H, W)`` a network is meant for (built-in CIFAR nets: 32 x 32)."""
+    key = str(network).strip().lower()
+    return (3, 32, 32) if key.endswith(_SMALL_INPUT) else (3, 224, 224)
+
+
+def parse_input(text):
+    """``'3,32,32'`` -> ``(3, 32, 32)``."""
+    try:
+        shape = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise NSTError("--input must be C,H,W (three positive integers, e.g. 3,224,224), got %r"
+                       % (text,))
+    return shape
+
+
+def build_untrained(network, params=None, classes=None):
+    """``network`` with feature taps but no weights (shape inference needs none).
+
+    GluonCV models are built with ``pretrained: false`` unless ``params`` says
+    otherwise, so listing features downloads nothing.
+    """
+    import symbols
+
+    params = dict(params or {})
+    if str(network).strip().lower().startswith("gluoncv:"):
+        params.setdefault("pretrained", False)
+    return symbols.get_model(network, classes=classes, **params)
+
+
+def feature_table(net, data_shape):
+    """``[(name, per-sample shape), ...]`` of every feature of ``net``, in network order."""
+    names = list(net.feature_names)
+    shapes = net.feature_shapes((1,) + tuple(data_shape), names)
+    return [(name, tuple(shapes[name][1:])) for name in names]
+
+
+def stage_ends(table):
+    """The last feature map (C, H, W) of each run of equal spatial size, in network order:
+    the natural hint points (the output of each resolution stage).  1 x 1 maps (after
+    global pooling) are left out: a spatial transfer loss has nothing to compare there."""
+    ends = []
+    for index, (name, shape) in enumerate(table):
+        if len(shape) != 3 or shape[1:] == (1, 1):  # 1 x 1 maps have no spatial pattern
+            continue
+        following = [s for _, s in table[index + 1:] if len(s) == 3]
+        if not following or following[0][1:] != shape[1:]:
+            ends.append((name, shape))
+    # a size may recur (a branch listed after the next stage): keep its last occurrence
+    last = {}
+    for name, shape in ends:
+        last[shape[1:]] = (name, shape)
+    return [item for item in ends if last[item[1][1:]] == item]
+
+
+def spatial_ratio(student_shape, teacher_shape):
+    """Teacher / student spatial size as ``(k, 1)`` (teacher k times larger), ``(1, k)``
+    (student k times larger) or ``(1, 1)``; None unless one is an integer multiple of
+    the other in both dimensions by the same factor."""
+    (hs, ws), (ht, wt) = student_shape[-2:], teacher_shape[-2:]
+    if (hs, ws) == (ht, wt):
+        return (1, 1)
+    if ht % hs == 0 and wt % ws == 0 and ht // hs == wt // ws:
+        return (ht // hs, 1)
+    if hs % ht == 0 and ws % wt == 0 and hs // ht == ws // wt:
+        return (1, hs // ht)
+    return None
+
+
+def candidate_pairs(student_table, teacher_table, max_ratio=4):
+    """``[(student name, shape, teacher name, shape, (num, den)), ...]``: every pair of
+    stage ends (:func:`stage_ends`) whose spatial sizes are equal or an integer ratio
+    of at most ``max_ratio`` apart (the feature-map losses pool the larger map down to
+    the smaller one), equal sizes first."""
+    pairs = []
+    for s_name, s_shape in stage_ends(student_table):
+        for t_name, t_shape in stage_ends(teacher_table):
+            ratio = spatial_ratio(s_shape, t_shape)
+            if ratio is not None and max(ratio) <= max_ratio:
+                pairs.append((s_name, s_shape, t_name, t_shape, ratio))
+    pairs.sort(key=lambda p: (max(p[4]), -p[1][-1]))
+    return pairs
+
+
+def _shape_text(shape):
+    return "x".join(str(d) for d in shape)
+
+
+def _network_params(assignments):
+    from train.config import parse_override, set_values
+
+    params = {}
+    for text in assignments or ():
+        keys, value = parse_override(text)
+        set_values(params, {".".join(keys): value})
+    return params
+
+
+def add_arguments(parser):
+    parser.add_argument("network", help="a built-in network (e.g. inception_bn_small), "
+                        "gluoncv:<model>, python:<module>:<class> or mxnet_checkpoint")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a network param, as in a config's params (repeatable), e.g. "
+                             "--param width=0.25, --param kwargs.width=8, --param prefix=models/r")
+    parser.add_argument("--input", default=None, metavar="C,H,W",
+                        help="input shape (default 3,32,32 for the built-in CIFAR networks, "
+                             "else 3,224,224)")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="number of classes to build the network for")
+    parser.add_argument("--pair", default=None, metavar="OTHER",
+                        help="a second network (the teacher): list candidate student/teacher "
+                             "feature pairs of equal or integer-ratio spatial size")
+    parser.add_argument("--pair-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a param of the --pair network (repeatable)")
+    parser.add_argument("--max-ratio", type=int, default=4,
+                        help="largest spatial size ratio of a listed pair (default 4)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the features (and pairs) as JSON")
+
+
+def list_features(network, params=None, data_shape=None, classes=None):
+    """``(net, [(name, shape)], logits name or None)`` of a network."""
+    net = build_untrained(network, params, classes)
+    shape = tuple(data_shape or default_input(network))
+    return net, feature_table(net, shape), getattr(net, "logits_name", None)
+
+
+def _print_table(label, shape, table, logits):
+    print("%s, input %s: %d features (name, shape per image)"
+          % (label, _shape_text(shape), len(table)))
+    width = max(len(name) for name, _ in table) if table else 0
+    for name, feature_shape in table:
+        mark = "  <- logits" if name == logits else ""
+        print("  %-*s  %s%s" % (width, name, _shape_text(feature_shape), mark))
+
+
+def run(args):
+    shape = parse_input(args.input) if args.input else default_input(args.network)
+    _, table, logits = list_features(args.network, _network_params(args.param), shape,
+                                     args.classes)
+    _print_table(args.network, shape, table, logits)
+    result = {"network": args.network, "input": list(shape),
+              "features": [{"name": n, "shape": list(s)} for n, s in table]}
+    if args.pair:
+        _, other, other_logits = list_features(args.pair, _network_params(args.pair_param),
+                                               shape, args.classes)
+        print()
+        _print_table(args.pair, shape, other, other_logits)
+        pairs = candidate_pairs(table, other, max_ratio=args.max_ratio)
+        print()
+        print("candidate pairs, student %s -> teacher %s (the last feature map of each spatial "
+              "size; rank them with `nst hints`):" % (args.network, args.pair))
+        if not pairs:
+            print("  none: no spatial sizes are equal or an integer ratio apart at this input")
+        s_width = max([len(p[0]) for p in pairs] or [0])
+        t_width = max([len(p[2]) for p in pairs] or [0])
+        for s_name, s_shape, t_name, t_shape, (num, den) in pairs:
+            relation = "same size" if num == den else (
+                "teacher %dx larger" % num if num > 1 else "student %dx larger" % den)
+            print("  %-*s %-10s  %-*s %-10s  %s" % (s_width, s_name, _shape_text(s_shape),
+                                                   t_width, t_name, _shape_text(t_shape),
+                                                   relation))
+        result["pair"] = {"network": args.pair,
+                          "features": [{"name": n, "shape": list(s)} for n, s in other]}
+        result["pairs"] = [{"student": p[0], "student_shape": list(p[1]), "teacher": p[2],
+                            "teacher_shape": list(p[3]), "ratio": list(p[4])} for p in pairs]
+    if args.json:
+        from nst.io import write_json
+        write_json(args.json, result)
+    return 0

@@ -50,13 +50,14 @@ import numpy as np
 from nst.errors import NSTError
 from nst.io import atomic_path, write_json
 
-from .features import ModelSpec, extract, load_images, load_network, read_run_config, \
-    resolve_path, spec_from_run
+from .features import ModelSpec, build_untrained, extract, feature_table, load_images, load_network, \
+    read_run_config, resolve_path, spec_from_run, stage_ends
 
 __all__ = ["linear_cka", "gram", "cka_from_grams", "cka_matrix", "cluster_layers", "medoids",
            "propose_hints", "make_hints", "add_arguments", "run"]
 
 METHODS = ("agglomerative", "kmeans")
+IMAGE_SHAPE = (3, 32, 32)  # the image samples (digits, CIFAR)
 
 
 # ---------------------------------------------------------------------------
@@ -174,22 +175,21 @@ def propose_hints(teacher_cka, cross_cka, teacher_layers, student_layers, k,
 
 def _build_untrained(spec, layers, seed):
     import mxnet as mx
-    import symbols
 
     mx.random.seed(seed)
-    net = symbols.get_model(spec.network, classes=spec.classes, features=list(layers),
-                            **spec.params)
+    net = build_untrained(spec.network, dict(spec.params, features=list(layers)), spec.classes)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     net.hybridize(static_alloc=True)
     return net
 
 
 def _candidate_layers(spec, requested):
-    import symbols
-
-    net = symbols.get_model(spec.network, classes=spec.classes, **spec.params)
+    net = build_untrained(spec.network, spec.params, spec.classes)
     if not requested:
-        return list(net.stage_names)
+        if hasattr(net, "stage_names"):
+            return list(net.stage_names)
+        # any other network (GluonCV, your own, a checkpoint): the last map of each size
+        return [name for name, _ in stage_ends(feature_table(net, IMAGE_SHAPE))]
     layers = []
     for name in requested:
         net.resolve_feature(name)      # NSTError naming the known features

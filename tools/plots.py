@@ -40,23 +40,32 @@ def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5)
         elif train:
             ax.plot([], [], linestyle="-", color=colour, label=label)
     from matplotlib.lines import Line2D
+    finish_error_plot(fig, ax, finals, metric, title or "train (dashed) and test (solid) error",
+                      [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3")],
+                      ["train (dashed)", "test (solid)"], path)
+    return path
+
+
+def finish_error_plot(fig, ax, finals, metric, title, extra_handles, extra_labels, path):
+    """Axes, labels, final values and legend (the runs' entries plus
+    ``extra_handles``/``extra_labels``) of an error-curve figure; saves it to
+    ``path`` atomically as PNG and closes it."""
     from matplotlib.ticker import MaxNLocator
     handles, labels = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3")]
-    labels += ["train (dashed)", "test (solid)"]
+    handles += list(extra_handles)
+    labels += list(extra_labels)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(x=0.08)
     _label_final_values(ax, finals)
     ax.set_xlabel("epoch")
     ax.set_ylabel("%s error (%%)" % metric.replace("_err", "").replace("top", "top-"))
-    ax.set_title(title or "train (dashed) and test (solid) error")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return path
 
 
 def _label_final_values(ax, finals):

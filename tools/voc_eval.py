@@ -23,7 +23,17 @@ official VOC devkit (``VOCevaldet.m``) and GluonCV's ``VOCMApMetric`` /
   left out of the mAP, as in GluonCV.
 
 The results equal GluonCV's ``VOC07MApMetric`` (``voc07``) and
-``VOCMApMetric`` (``voc10``) fed the same boxes (``tests/test_voc_eval.py``).
+``VOCMApMetric`` (``voc10``) fed the same boxes (``tests/test_voc_eval.py``)
+**as long as no two detections of a class in different images have exactly
+the same score**.  On such a cross-image tie this tool visits the detections
+in file order (the order of the result file's lines or the JSON rows, with a
+stable sort), as the devkit does (MATLAB's stable ``sort(-confidence)``);
+GluonCV sorts with ``argsort()[::-1]``, which reverses tied detections (for
+short lists; NumPy's default sort is not stable in general), so a tie
+between a true and a false positive can give a different AP
+(``test_cross_image_score_ties_keep_file_order_as_the_devkit_gluoncv_reverses_them``).
+Scores written with 6 decimals (the JSON and devkit files) can tie where the
+detector's float32 scores did not.
 
 Detections are read from either
 

@@ -15,7 +15,9 @@ Sources:
 - ``cifar10``, ``cifar100``, ``digits``: in-memory arrays
   (:class:`train.data.ArrayBatches`, the paper's pad-crop-flip augmentation);
 - ``imagenet``: MXNet RecordIO files read by ``mx.io.ImageRecordIter``
-  (:mod:`train.imagenet`).
+  (:mod:`train.imagenet`);
+- ``folder``: an image folder, one sub-folder per class, decoded by a
+  multi-worker Gluon ``DataLoader`` (:mod:`train.folder`).
 
 Under ``dist_sync`` each worker reads its own shard (``rank`` of
 ``num_workers``) of the training set; every worker evaluates on the whole test set.
@@ -27,7 +29,9 @@ from collections import namedtuple
 from nst.errors import NSTError
 from train import data as arrays
 
-DataSource = namedtuple("DataSource", "train test classes image_shape")
+# class_names: the label names when the source knows them (written to <run>/classes.txt)
+DataSource = namedtuple("DataSource", "train test classes image_shape class_names",
+                        defaults=(None,))
 
 # dataset name -> "module:function" building a DataSource
 SOURCES = {
@@ -35,6 +39,7 @@ SOURCES = {
     "cifar100": "train.batches:array_source",
     "digits": "train.batches:array_source",
     "imagenet": "train.imagenet:record_source",
+    "folder": "train.folder:folder_source",
 }
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from nst.errors import NSTError
 from nst.io import atomic_path, read_json, remove_stale_temporaries, write_json
+from nst.runtime import runtime_info
 
 MANIFEST = "checkpoint.json"
 FOLDER = "checkpoints"
@@ -93,6 +94,40 @@ def load_checkpoint(out_dir, manifest, student, transfer_blocks, trainer, ctx):
                        % (manifest_path(out_dir), str(err).splitlines()[0])) from err
 
 
+class CheckpointClock:
+    """When to write a mid-epoch checkpoint: every ``every_steps`` optimiser steps
+    (counted from the start of training, so a resumed run checkpoints at the same
+    steps as an uninterrupted one) and/or every ``every_minutes`` of wall time
+    since the last checkpoint (``train.checkpoint_every_steps`` /
+    ``train.checkpoint_every_minutes``; None or 0 switches either off).  The epoch
+    end always writes one (:func:`run_epochs`)."""
+
+    def __init__(self, every_steps=None, every_minutes=None, clock=None):
+        import time
+
+        for name, value in (("checkpoint_every_steps", every_steps),
+                            ("checkpoint_every_minutes", every_minutes)):
+            if value is not None and (isinstance(value, bool) or value < 0):
+                raise NSTError("train.%s must be a positive number or null (off), got %r"
+                               % (name, value))
+        self.every_steps = int(every_steps) if every_steps else None
+        self.every_seconds = 60.0 * float(every_minutes) if every_minutes else None
+        self.clock = clock or time.monotonic
+        self.last = self.clock()
+
+    def due_by_steps(self, global_step):
+        """True when ``global_step`` (steps done in all) is a multiple of ``every_steps``."""
+        return bool(self.every_steps) and global_step % self.every_steps == 0
+
+    def due_by_time(self):
+        """True when ``every_minutes`` have passed since the last checkpoint."""
+        return bool(self.every_seconds) and self.clock() - self.last >= self.every_seconds
+
+    def written(self):
+        """Restart the wall-time interval (after any checkpoint, mid-epoch or epoch end)."""
+        self.last = self.clock()
+
+
 def numpy_rng_state():
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
@@ -156,6 +191,69 @@ def stop_requests(owner):
             signal.signal(sig, prev)
 
 
+def machine_state(devices, device_type, num_workers, global_batch, steps_per_epoch):
+    """What a checkpoint records about the machine it was written on (see
+    :func:`check_machine`)."""
+    return {"devices": int(devices), "device_type": device_type,
+            "num_workers": int(num_workers), "global_batch": int(global_batch),
+            "steps_per_epoch": int(steps_per_epoch)}
+
+
+def check_machine(manifest, current, out_dir):
+    """Compare the machine a checkpoint was written on with this run's ``current``
+    :func:`machine_state`; returns a log line, or raises one clear error.
+
+    The step position and the learning-rate schedule (in optimiser updates) carry
+    over unchanged only if every update still sees the same global batch and an
+    epoch still has the same number of steps.  A different number of devices
+    (``--gpus``/``--cpus``) with the same global batch only splits each batch
+    differently: the run continues and the log says so.  A different global
+    batch, steps per epoch or number of ``dist_sync`` workers (each worker's data
+    shard, its position in it and its own checkpoint folder depend on the worker
+    count) stops with what changed and what to do.  Checkpoints written before
+    this was recorded are not checked.
+    """
+    before = manifest.get("machine")
+    if not before:
+        return None
+    path = manifest_path(out_dir)
+    if before["global_batch"] != current["global_batch"]:
+        raise NSTError("cannot resume %s: it was trained with a global batch of %d images per "
+                       "update, this run has %d, which changes every step's gradient and the "
+                       "learning-rate schedule; resume with --set data.batch_size=%d (any number "
+                       "of devices) or start a new run with --out"
+                       % (path, before["global_batch"], current["global_batch"],
+                          before["global_batch"]))
+    if before["num_workers"] != current["num_workers"]:
+        raise NSTError("cannot resume %s: it was trained by %d dist_sync worker(s), this run has "
+                       "%d; each worker's data shard, its position in it and its checkpoint "
+                       "depend on the worker count. Resume with %d worker(s) (their devices may "
+                       "differ) or start a new run with --out"
+                       % (path, before["num_workers"], current["num_workers"],
+                          before["num_workers"]))
+    if before["steps_per_epoch"] != current["steps_per_epoch"]:
+        raise NSTError("cannot resume %s: an epoch had %d steps, now it has %d (the training "
+                       "set or data.train_limit changed), so the step position and the "
+                       "learning-rate schedule no longer match; resume with the original data "
+                       "or start a new run with --out"
+                       % (path, before["steps_per_epoch"], current["steps_per_epoch"]))
+    if (before["devices"], before["device_type"]) != (current["devices"],
+                                                      current["device_type"]):
+        return ("resuming on %d %s device(s) per worker, the checkpoint was written on %d %s: "
+                "the global batch (%d) and the steps per epoch (%d) are unchanged, so the "
+                "schedule and the step position carry over; each device now takes %s images"
+                % (current["devices"], current["device_type"], before["devices"],
+                   before["device_type"], current["global_batch"], current["steps_per_epoch"],
+                   _share(current)))
+    return None
+
+
+def _share(state):
+    per = state["global_batch"] // state["num_workers"]
+    low, extra = divmod(per, state["devices"])
+    return str(low) if not extra else "%d-%d" % (low, low + 1)
+
+
 def resume_position(manifest, history):
     """``(start_epoch, start_step, epoch_sums, history)`` to continue from ``manifest``;
     log records past the checkpoint are dropped, so every epoch is logged once."""
@@ -181,6 +279,8 @@ def run_epochs(runner, start_epoch, start_step, sums, history, epochs):
                                          sums if first else None)
             if record is None:  # stopped by a signal: the checkpoint is written
                 return None
+            runtime = runtime_info()  # per epoch: a resumed run may run on another machine
+            record["engine"], record["omp_threads"] = runtime["engine"], runtime["omp_threads"]
             history.append(record)
             write_log(runner.out, history)
             runner._save(epoch + 1, 0, None)

@@ -30,6 +30,9 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true",
                         help="continue from the run folder's latest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--skip-teacher-eval", action="store_true",
+                        help="do not evaluate the teacher on the test split before "
+                             "distilling (same as --set teacher.evaluate=false)")
 
 
 def run(args):
@@ -38,8 +41,11 @@ def run(args):
     overrides = list(args.overrides)
     if args.out:
         overrides.append("out=%s" % json.dumps(args.out))
+
     cfg = load_config(args.config, overrides)
     contexts = parse_contexts(args.gpus, args.cpus)
+    if args.skip_teacher_eval and cfg["teacher"] is not None:
+        cfg["teacher"]["evaluate"] = False
     distiller = Distiller(cfg, contexts, kvstore=args.kvstore, progress=not args.no_progress)
     results = distiller.fit(resume=args.resume)
     if results is None:

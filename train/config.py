@@ -25,6 +25,7 @@ Example (``configs/cifar10/kd_nst.yaml``)::
 
 import copy
 import difflib
+import math
 import os
 
 import yaml
@@ -66,6 +67,8 @@ SCHEMA = {
         "image_size": (int, 224),
         "val_resize": (int, 256),
         "threads": (int, 4),
+        # image folders (dataset: folder): val_fraction, split_seed, corrupt (train.folder)
+        "folder": (dict, {}),
     },
     "student": {
         "network": (str, REQUIRED),
@@ -78,6 +81,14 @@ SCHEMA = {
         # a Gluon .params file; may be omitted for networks that load their own
         # weights (an MXNet symbol checkpoint, a GluonCV model-zoo model)
         "checkpoint": (str, None),
+        # BatchNorm statistics of the frozen teacher: "running" (inference mode)
+        # or "batch" (each batch's own statistics, as the authors' solver)
+        "batchnorm": (str, "running"),
+        # evaluate the teacher once on the test split before the first distillation
+        # step (top-1/top-5 error logged and stored; a warning when it is no better
+        # than chance or its top-1 error is above max_top1_err, in percent)
+        "evaluate": (bool, True),
+        "max_top1_err": (NUMBER, None),
     },
     "transfer": (list, []),
     "optimizer": {
@@ -89,6 +100,9 @@ SCHEMA = {
         "lr_factor": (NUMBER, 0.1),
         "warmup_epochs": (NUMBER, 0),            # linear warm-up from 0 over these epochs
         "clip_gradient": (NUMBER, None),         # clip each gradient element to +-this
+        # parameter kinds (name suffixes) without weight decay; [beta, bias] is
+        # MXNet Module's rule (the authors' code), [] Gluon's (decay everything)
+        "no_wd": (list, []),
     },
     "train": {
         "ce_start_epoch": (int, 0),              # cross-entropy from this epoch on (AB's init stage)
@@ -96,6 +110,10 @@ SCHEMA = {
         "log_interval": (int, 20),               # steps between progress/NaN checks
         "eval_every": (int, 1),
         "keep_checkpoints": (int, 2),
+        # mid-epoch checkpoints (besides each epoch's end), so a SIGKILL loses little:
+        # every N optimiser steps and/or every M minutes of wall time (null: never)
+        "checkpoint_every_steps": (int, None),
+        "checkpoint_every_minutes": (NUMBER, 30),
     },
 }
 
@@ -251,9 +269,39 @@ def validate_config(data, source="config"):
         if not isinstance(step, int) or isinstance(step, bool) or step < 1:
             raise NSTError("%s: 'optimizer.lr_steps' must be a list of positive epoch "
                            "numbers, got %r" % (source, cfg["optimizer"]["lr_steps"]))
+    _check_fidelity_keys(cfg, source)
     if cfg["out"] is None:
         cfg["out"] = os.path.join("runs", cfg["name"])
     return cfg
+
+
+TEACHER_BATCHNORM = ("running", "batch")
+
+
+def _check_fidelity_keys(cfg, source):
+    """Finite numbers everywhere; teacher.batchnorm and optimizer.no_wd values."""
+    _check_finite(cfg, "", source)
+    teacher = cfg.get("teacher")
+    if teacher is not None and teacher["batchnorm"] not in TEACHER_BATCHNORM:
+        raise NSTError("%s: 'teacher.batchnorm' must be one of %s, got %r"
+                       % (source, ", ".join(TEACHER_BATCHNORM), teacher["batchnorm"]))
+    no_wd = cfg["optimizer"]["no_wd"]
+    if not all(isinstance(v, str) and v.isidentifier() for v in no_wd):
+        raise NSTError("%s: 'optimizer.no_wd' must be a list of parameter kinds such as "
+                       "[beta, bias], got %r" % (source, no_wd))
+
+
+def _check_finite(node, where, source):
+    """One error for the first NaN or infinite number (``lr: .nan``) anywhere."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, "%s%s." % (where, key), source)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, "%s%d." % (where, i), source)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise NSTError("%s: key %r must be a finite number, got %r; write a number such as "
+                       "0.1" % (source, where.rstrip("."), node))
 
 
 def set_values(data, values):

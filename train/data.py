@@ -11,8 +11,9 @@ independent of MXNet; the trainer wraps the batches with ``mx.nd.array``.
 * :func:`load_digits_32` turns scikit-learn's bundled 8x8 handwritten digits
   into 32x32 RGB images in the same format, for the CPU demo and tests.
 * :class:`Augmenter` / :func:`augment_batch` implement the augmentation of
-  He et al. (2016) used by the paper: zero-pad 4 pixels to 40x40, random
-  32x32 crop, random horizontal flip, then per-channel normalisation; fully
+  He et al. (2016) used by the paper, as fb.resnet.torch implements it:
+  per-channel normalisation, zero-pad 4 pixels to 40x40 (zero after
+  normalisation is the mean colour), random 32x32 crop, random horizontal flip; fully
   vectorised over the batch and deterministic given a seed / Generator.
 * :class:`ArrayBatches` yields ``(data float32 NCHW, label float32)`` batches
   whose order and augmentation are a pure function of ``(seed, epoch,
@@ -558,14 +559,15 @@ def crop_flip_params(n, rng, pad=4, flip=True):
 
 
 class Augmenter:
-    """Zero-pad, random crop, random horizontal flip and normalise, over a batch.
+    """Normalise, zero-pad, random crop, random horizontal flip, over a batch.
 
     ``Augmenter(mean, std, pad=4, flip=True)(images, rng)`` maps uint8 NHWC
     images ``(B, H, W, C)`` to float32 NCHW ``(B, C, H, W)``: each image is
-    zero-padded by ``pad`` pixels on every side, an ``H x W`` window at a
-    uniformly random offset is cut out, mirrored left-right with probability
-    1/2, and normalised as ``(x/255 - mean)/std`` (the paper's CIFAR recipe,
-    He et al. 2016, with ``pad=4``).
+    normalised as ``(x/255 - mean)/std``, padded with 0 (the mean colour) by
+    ``pad`` pixels on every side, an ``H x W`` window at a uniformly random
+    offset is cut out and mirrored left-right with probability 1/2 (the
+    paper's CIFAR recipe, He et al. 2016, with ``pad=4``, in the order of
+    fb.resnet.torch's ``cifar10.lua``: normalise, then pad with zeros).
 
     Implementation: the batch is written once into a reused zero-bordered
     buffer of padded images; two fancy-index gathers over
@@ -573,7 +575,9 @@ class Augmenter:
     one over a left-right reversed *view* of it for the mirrored ones (the
     mirror of the crop at ``dx`` is the crop of the mirrored padding at
     ``2 * pad - dx``) -- pick every crop, already mirrored and already
-    channel-first, and a fused multiply-add writes the float32 result.  No
+    channel-first, a fused multiply-add writes the float32 result and one
+    multiply by a per-crop border mask sets the padding to 0 (normalising and
+    cropping commute pixel-wise, so this equals normalise-then-pad).  No
     Python loop per image and no mirrored copy of the batch.
     """
 
@@ -636,7 +640,21 @@ class Augmenter:
             crops[keep] = windows[keep, dy[keep], dx[keep]]
             crops[flip] = mirrored[flip, dy[flip], span - dx[flip]]
         out = _output_buffer(out, (n, c, h, w))
-        return _normalize_into(crops, scale, shift, out)
+        _normalize_into(crops, scale, shift, out)
+        if self.pad:
+            # The padding is 0 *after* normalisation, i.e. the mean colour
+            # (fb.resnet.torch normalises first and then zero-pads).  The crop
+            # at offset (y0, x0) of the padded image covers image rows
+            # y0 - pad .. y0 - pad + h - 1; a mirrored crop at dx is the crop
+            # of the mirrored padding at span - dx, so its offset is span - dx.
+            x0 = np.where(flips, span - dx, dx)
+            rows = np.arange(h) + dy[:, None] - self.pad          # (n, h) image row
+            cols = np.arange(w) + x0[:, None] - self.pad          # (n, w) image column
+            inside = np.multiply(((rows >= 0) & (rows < h))[:, None, :, None],
+                                 ((cols >= 0) & (cols < w))[:, None, None, :],
+                                 dtype=np.float32)                # (n, 1, h, w) 0/1 mask
+            np.multiply(out, inside, out=out)
+        return out
 
 
 def augment_batch(images, rng=None, mean=None, std=None, pad=4, flip=True, params=None, out=None):

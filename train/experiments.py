@@ -7,8 +7,17 @@ first, then every other row reading that teacher's checkpoint; finished rows
 (``results.json`` present) are kept, interrupted rows are resumed.
 :func:`format_table` renders the Markdown table, measured next to the paper.
 
-This is what ``scripts/table1_cifar.sh``, ``scripts/table2_cifar.sh`` and
-``nst demo`` run (``nst table NAME``).
+``nst table NAME --seeds 0,1,2`` trains every student row once per seed (in
+``<row>/seed<N>/``; the teacher once): a seed fixes the student's
+initialisation and data order in every row, so :func:`write_seed_outputs`
+reports per row the mean ± std over seeds and the paired difference to the
+student with its 95% t-interval (:mod:`train.seeds`), in ``NAME_seeds.md`` /
+``NAME_seeds.json``, and the curves as the mean over seeds with a band.
+``--rows KEY,...`` trains only those rows (the study script runs one process
+per run this way).
+
+This is what ``scripts/table1_cifar.sh``, ``scripts/table2_cifar.sh``,
+``scripts/cifar_subset_study.sh`` and ``nst demo`` run (``nst table NAME``).
 """
 
 import json
@@ -48,17 +57,65 @@ def _ordered_rows(spec):
            [r for r in rows if r.get("role") != "teacher"]
 
 
-def row_out(spec, out_root, dataset, row):
+def row_out(spec, out_root, dataset, row, seed=None):
+    """A row's run folder; with a ``seed`` (``--seeds``), ``seed<N>/`` inside it for every
+    row but the teacher, which is trained once for all seeds."""
     layout = spec.get("layout", "{dataset}/{key}")
-    return os.path.join(out_root, layout.format(dataset=dataset, key=row["key"]))
+    out = os.path.join(out_root, layout.format(dataset=dataset, key=row["key"]))
+    if seed is not None and row.get("role") != "teacher":
+        out = os.path.join(out, "seed%d" % seed)
+    return out
 
 
-def row_config(spec, row, dataset, out_root, data_root=None, quick=False, overrides=None):
-    """The validated config of one row, with its output folder and teacher path."""
+def teacher_variant(spec, teacher=None, quick=False):
+    """``(name, variant)`` of the table's teacher choices (``teachers:`` in
+    tables.yaml), or ``(None, None)`` for a table without choices.
+
+    ``--quick`` always trains its own small teacher (variant ``own``); otherwise
+    ``teacher`` names the variant, default the one marked ``default``.
+    """
+    variants = spec.get("teachers")
+    if not variants:
+        if teacher is not None:
+            raise NSTError("this table has no teacher choices; drop --teacher")
+        return None, None
+    if quick:
+        teacher = "own"
+    if teacher is None:
+        teacher = next(name for name, v in variants.items() if v.get("default"))
+    if teacher not in variants:
+        raise NSTError("unknown --teacher %r; choose one of %s" % (teacher, ", ".join(variants)))
+    return teacher, variants[teacher]
+
+
+def trains_teacher_row(spec, teacher=None, quick=False):
+    """True when the table's teacher row is trained (not taken from a checkpoint)."""
+    _, variant = teacher_variant(spec, teacher, quick)
+    return variant is None or bool(variant.get("train"))
+
+
+def row_config(spec, row, dataset, out_root, data_root=None, quick=False, overrides=None,
+               teacher=None, seed=None):
+    """The validated config of one row, with its output folder and teacher path.
+
+    ``seed`` (``--seeds``) replaces the config's ``seed`` of every row but the
+    teacher: the student's initialisation and data order (train.seeds)."""
     path = CONFIG_DIR / row["config"].format(dataset=dataset)
     raw = read_config(path)
     is_teacher = row.get("role") == "teacher"
-    values = {"out": row_out(spec, out_root, dataset, row)}
+    values = {"out": row_out(spec, out_root, dataset, row, seed)}
+    if seed is not None and not is_teacher:
+        values["seed"] = int(seed)
+    _, variant = teacher_variant(spec, teacher, quick)
+    if variant is not None and raw.get("teacher") is not None:
+        values.update(variant.get("set") or {})
+        renames = variant.get("features") or {}
+        for entry in raw.get("transfer") or []:
+            names = entry.get("teacher")
+            if isinstance(names, list):
+                entry["teacher"] = [renames.get(n, n) for n in names]
+            elif names in renames:
+                entry["teacher"] = renames[names]
     if data_root is not None:
         values["data.root"] = data_root
     if quick:
@@ -69,7 +126,7 @@ def row_config(spec, row, dataset, out_root, data_root=None, quick=False, overri
                 continue
             values[key] = value
         values.update(row.get("quick") or {})  # the row's own quick overrides
-    if raw.get("teacher") is not None:
+    if raw.get("teacher") is not None and trains_teacher_row(spec, teacher, quick):
         teacher_row = next((r for r in spec["rows"] if r.get("role") == "teacher"), None)
         if teacher_row is not None:
             values["teacher.checkpoint"] = os.path.join(
@@ -79,8 +136,17 @@ def row_config(spec, row, dataset, out_root, data_root=None, quick=False, overri
 
 
 def run_table(name, dataset, out_root="runs", data_root=None, quick=False, contexts=None,
-              kvstore=None, progress=True, fresh=False, overrides=None, log=print):
-    """Train every row of table ``name`` on ``dataset``; returns {row key: results}."""
+              kvstore=None, progress=True, fresh=False, overrides=None, log=print,
+              teacher=None, seed=None, only=None):
+    """Train every row of table ``name`` on ``dataset``; returns {row key: results}.
+
+    ``seed``: train the students with that seed, each in ``<row folder>/seed<N>``
+    (the teacher once, in its own folder).  ``only``: row keys to train (others
+    are skipped, finished or not; their teacher must exist when they need it).
+
+    With a checkpoint teacher (``teacher`` a variant without ``train``) the
+    teacher row is not trained: its numbers are the teacher check of the
+    first distilled row (the checkpoint's error on the validation split)."""
     from train.trainer import Distiller
     from train.devices import parse_contexts
 
@@ -91,8 +157,21 @@ def run_table(name, dataset, out_root="runs", data_root=None, quick=False, conte
     contexts = contexts or parse_contexts()
     results = {}
     rows = _ordered_rows(spec)
+    train_teacher = trains_teacher_row(spec, teacher, quick)
+    if only is not None:
+        unknown = sorted(set(only) - {r["key"] for r in rows})
+        if unknown:
+            raise NSTError("table %s has no row %s; its rows: %s" % (
+                name, ", ".join(unknown), ", ".join(r["key"] for r in rows)))
     for index, row in enumerate(rows):
-        cfg = row_config(spec, row, dataset, out_root, data_root, quick, overrides)
+        if only is not None and row["key"] not in only:
+            continue
+        if row.get("role") == "teacher" and not train_teacher:
+            log("[%d/%d] %s: from its checkpoint (--teacher %s), not trained"
+                % (index + 1, len(rows), row["method"], teacher_variant(spec, teacher)[0]))
+            continue
+        cfg = row_config(spec, row, dataset, out_root, data_root, quick, overrides, teacher,
+                         seed)
         out = cfg["out"]
         if fresh and os.path.isdir(out):
             shutil.rmtree(out)
@@ -110,6 +189,14 @@ def run_table(name, dataset, out_root="runs", data_root=None, quick=False, conte
             raise NSTError("interrupted while training %s; run the same command again to "
                            "resume" % row["method"])
         results[row["key"]] = result
+    teacher_row = next((r for r in rows if r.get("role") == "teacher"), None)
+    if teacher_row is not None and not train_teacher:
+        check = next((r["teacher_eval"] for r in results.values() if r.get("teacher_eval")),
+                     None)
+        if check:
+            results[teacher_row["key"]] = {"test_top1_err": check["top1_err"],
+                                           "test_top5_err": check["top5_err"],
+                                           "source": "teacher check (checkpoint)"}
     return results
 
 
@@ -127,7 +214,7 @@ PAPER_KEYS = {"test_top1_err": "paper", "test_top5_err": "paper_top5"}
 METRIC_NAMES = {"test_top1_err": "Top-1", "test_top5_err": "Top-5"}
 
 
-def format_table(name, measured, datasets=None, metrics=None):
+def format_table(name, measured, datasets=None, metrics=None, teacher=None, quick=False):
     """Markdown table of one paper table: paper, measured and difference.
 
     ``measured`` maps dataset -> {row key: results dict}; rows without results
@@ -167,15 +254,71 @@ def format_table(name, measured, datasets=None, metrics=None):
             diff = None if paper is None or value is None else value - paper
             cells += [_fmt(paper), shown, "—" if diff is None else "%+.2f" % diff]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += teacher_note_lines(spec, datasets, teacher, quick)
+    lines += teacher_check_lines(spec, measured, datasets)
     lines += ["", "Source of the paper's numbers: %s." % spec.get("source", "")]
     return "\n".join(lines)
 
 
-def write_table_outputs(name, measured, out_root, datasets=None, quick=False):
+def teacher_note_lines(spec, datasets, teacher=None, quick=False):
+    """What to expect of the teacher: the published error of the teacher actually
+    used (its training recipe's or its checkpoint's), beside the paper's."""
+    row = next((r for r in spec["rows"] if r.get("role") == "teacher"), None)
+    if row is None:
+        return []
+    name, variant = teacher_variant(spec, teacher, quick)
+    expect = variant if variant is not None else row.get("expected")
+    if not expect or not expect.get("published"):
+        return []
+
+    def numbers(table):
+        parts = []
+        for ds in datasets:
+            value = (table or {}).get(ds)
+            if isinstance(value, dict):
+                parts.append("%s: top-1 %.2f, top-5 %.2f" % (ds, value["top1"], value["top5"]))
+            elif value is not None:
+                parts.append("%s %.2f" % (ds, value))
+        return ", ".join(parts)
+
+    paper = {ds: {"top1": row["paper"][ds], "top5": row["paper_top5"][ds]}
+             if row.get("paper_top5") else row["paper"][ds]
+             for ds in datasets if (row.get("paper") or {}).get(ds) is not None}
+    scaled = " (--quick trains a scaled-down teacher: these are the full recipe's numbers)" \
+        if quick else ""
+    return ["", "Teacher %s: %s. Its published error: %s (%s); the paper's teacher: %s.%s"
+            % (row.get("model", ""), expect["text"], numbers(expect["published"]),
+               expect["source"], numbers(paper) or "not published", scaled)]
+
+
+def teacher_check_lines(spec, measured, datasets):
+    """One line per dataset: the teacher's test error as the distilled rows measured it
+    before their first step (``teacher_eval`` of their ``results.json``), flagged
+    when the check warned."""
+    lines = []
+    for ds in datasets:
+        seen = {}
+        for row in spec["rows"]:
+            teval = ((measured.get(ds) or {}).get(row["key"]) or {}).get("teacher_eval")
+            if teval:
+                key = (teval.get("checkpoint"), teval["top1_err"], teval["top5_err"])
+                seen.setdefault(key, (teval, []))[1].append(row["method"])
+        for (checkpoint, top1, top5), (teval, methods) in seen.items():
+            lines.append("Teacher check on %s (test split, %d images, before distilling; %s): "
+                         "top-1 error %.2f%%, top-5 error %.2f%%%s" % (
+                             ds, teval.get("images", 0),
+                             "all distilled rows" if len(seen) == 1 else ", ".join(methods),
+                             top1, top5,
+                             " -- WARNING: %s" % teval["warning"] if teval.get("warning")
+                             else ""))
+    return [""] + lines if lines else []
+
+
+def write_table_outputs(name, measured, out_root, datasets=None, quick=False, teacher=None):
     """Write ``<out_root>/<name>.md`` and ``<name>.json`` and the joint curves PNG."""
     from tools.plots import plot_error_curves
 
-    text = format_table(name, measured, datasets)
+    text = format_table(name, measured, datasets, teacher=teacher, quick=quick)
     if quick:
         text += "\n\n" + QUICK_NOTE
     write_text(os.path.join(out_root, name + ".md"), text + "\n")
@@ -194,6 +337,134 @@ def write_table_outputs(name, measured, out_root, datasets=None, quick=False):
     return text
 
 
+# ------------------------------------------------------------- several seeds
+def seed_summary(name, by_seed, datasets=None):
+    """Mean ± std over seeds and the paired difference to the student, per dataset.
+
+    ``by_seed`` maps dataset -> {seed: {row key: results}} (:func:`run_table`
+    once per seed).  Returns ``{dataset: {"teacher": {"network",
+    "test_top1_err", ...}, "rows": [...], "seeds": [...], "metric": ...}}``,
+    each row as :func:`train.seeds.aggregate_rows` (the table's first metric;
+    further metrics under ``"metrics"``), the teacher apart.
+    """
+    from train.seeds import aggregate_rows
+
+    spec = table_spec(name)
+    datasets = datasets or list(by_seed)
+    metrics = spec.get("metrics") or ["test_top1_err"]
+    baseline = spec.get("baseline", "student")
+    out = {}
+    for ds in datasets:
+        runs = by_seed.get(ds) or {}
+        per_metric = {m: aggregate_rows(spec["rows"], runs, m, baseline) for m in metrics}
+        rows = []
+        for index, item in enumerate(per_metric[metrics[0]]):
+            item = dict(item)
+            if len(metrics) > 1:
+                item["metrics"] = {m: per_metric[m][index] for m in metrics[1:]}
+            rows.append(item)
+        teacher_row = next((r for r in spec["rows"] if r.get("role") == "teacher"), None)
+        teacher = None
+        if teacher_row is not None:
+            result = next((r[teacher_row["key"]] for r in runs.values()
+                           if r.get(teacher_row["key"])), None)
+            checks = [r.get("teacher_eval") for s in runs.values() for r in s.values()
+                      if r.get("teacher_eval")]
+            teacher = {"network": (result or {}).get("student") or teacher_row.get("model"),
+                       "model": teacher_row.get("model"), "key": teacher_row["key"]}
+            for m in metrics:
+                teacher[m] = (result or {}).get(m)
+            if checks:
+                teacher["check_before_distilling"] = checks[0]
+        out[ds] = {"metric": metrics[0], "seeds": [str(s) for s in sorted(runs)],
+                   "baseline": baseline, "teacher": teacher,
+                   "rows": [r for r in rows if r["key"] != (teacher or {}).get("key")]}
+    return out
+
+
+def _pm(mean, std):
+    if mean is None:
+        return "not run"
+    return "%.2f" % mean if std is None else "%.2f ± %.2f" % (mean, std)
+
+
+def format_seed_table(name, summary, quick=False):
+    """Markdown: per row mean ± std over seeds, each seed's value, and the paired
+    difference to the student with its 95% confidence interval (train.seeds)."""
+    spec = table_spec(name)
+    lines = ["**%s**" % spec["title"], ""]
+    for ds, item in summary.items():
+        metric = METRIC_NAMES.get(item["metric"], item["metric"])
+        seeds = item["seeds"]
+        has_paper = any((r.get("paper") or {}).get(ds) is not None for r in spec["rows"])
+        head = ["Method", "Model", "%s error, mean ± std (%s, %d seeds)" % (metric, ds, len(seeds)),
+                "per seed (%s)" % ", ".join(seeds),
+                "Δ vs %s, paired: mean [95%% CI]" % item["baseline"]]
+        if has_paper:
+            head.append("paper")
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        models = {r["key"]: r for r in spec["rows"]}
+        for row in item["rows"]:
+            diff = row["diff_vs_student"]
+            if diff is None or diff["mean"] is None:
+                shown = "—"
+            elif diff["ci95"] is None:
+                shown = "%+.2f (one seed: no interval)" % diff["mean"]
+            else:
+                shown = "%+.2f [%+.2f, %+.2f]" % (diff["mean"], diff["ci95"][0], diff["ci95"][1])
+            cells = [row["name"], models[row["key"]].get("model", ""), _pm(row["mean"], row["std"]),
+                     ", ".join("%.2f" % row["seeds"][s] if s in row["seeds"] else "—"
+                               for s in seeds), shown]
+            if has_paper:
+                cells.append(_fmt((models[row["key"]].get("paper") or {}).get(ds)))
+            lines.append("| " + " | ".join(cells) + " |")
+        teacher = item.get("teacher")
+        if teacher:
+            value = teacher.get(item["metric"])
+            paper = (models[teacher["key"]].get("paper") or {}).get(ds)
+            cells = ["Teacher", teacher.get("model") or "", "%s (trained once)" % _fmt(value),
+                     "—", "—"] + ([_fmt(paper)] if has_paper else [])
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Mean ± sample std over the seeds; Δ: the per-seed difference to the "
+                  "%s row (same seed = same initialisation and data order), its mean and 95%% "
+                  "confidence interval from the t-distribution with n-1 degrees of freedom; "
+                  "negative = lower error than the %s." % (item["baseline"], item["baseline"]),
+                  ""]
+    if spec.get("source"):
+        lines.append("Source of the paper's numbers: %s." % spec["source"])
+    if quick:
+        lines += ["", QUICK_NOTE]
+    return "\n".join(lines)
+
+
+def write_seed_outputs(name, by_seed, out_root, datasets=None, quick=False):
+    """``<out_root>/<name>_seeds.md`` / ``.json`` (per-seed values, mean ± std, paired
+    differences) and ``<name>_<dataset>_seeds_curves.png`` (mean over seeds with a band)."""
+    from tools.curves import plot_mean_curves
+    from tools.curves import read_history
+
+    summary = seed_summary(name, by_seed, datasets)
+    text = format_seed_table(name, summary, quick)
+    write_text(os.path.join(out_root, name + "_seeds.md"), text + "\n")
+    write_json(os.path.join(out_root, name + "_seeds.json"),
+               {"table": name, "summary": summary, "runs": by_seed})
+    spec = table_spec(name)
+    for ds, runs in by_seed.items():
+        groups = {}
+        for row in spec["rows"]:
+            logs = [r[row["key"]]["log"] for _, r in sorted(runs.items())
+                    if r.get(row["key"]) and os.path.exists(r[row["key"]].get("log", ""))]
+            if row.get("role") == "teacher":
+                logs = logs[:1]
+            if logs:
+                groups[row["method"]] = [read_history(os.path.dirname(p)) for p in logs]
+        if groups:
+            plot_mean_curves(groups, os.path.join(out_root, "%s_%s_seeds_curves.png" % (name, ds)),
+                             title="%s on %s, mean over seeds: train (dashed), test (solid)"
+                             % (name, ds))
+    return text, summary
+
+
 # ------------------------------------------------------------------ nst table
 def add_arguments(parser):
     parser.add_argument("table", help="table name in configs/tables.yaml: table1, table2, ...")
@@ -209,6 +480,18 @@ def add_arguments(parser):
     parser.add_argument("--kvstore", default=None, help="device, nccl, local or dist_sync")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a value in every row's config")
+    parser.add_argument("--teacher", default=None,
+                        help="for tables with teacher choices (table3): authors (default: the "
+                             "authors' MXNet ResNet-101 checkpoint), gluoncv (GluonCV's "
+                             "resnet101_v2) or own (train configs/imagenet/teacher.yaml first)")
+    parser.add_argument("--seeds", default=None, metavar="0,1,2",
+                        help="train every student row once per seed (same seed = same "
+                             "initialisation and data order in every row; the teacher once) and "
+                             "report mean ± std and the paired difference to the student with "
+                             "its 95%% confidence interval (<out-root>/NAME_seeds.md/.json)")
+    parser.add_argument("--rows", default=None, metavar="KEY,...",
+                        help="train only these rows (keys in configs/tables.yaml); no table "
+                             "is written (run again without --rows to write it)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -224,12 +507,48 @@ def run(args):
         keys, value = parse_override(text)
         overrides[".".join(keys)] = value
     contexts = parse_contexts(args.gpus, args.cpus)
+    teacher_variant(spec, args.teacher, args.quick)      # an unknown --teacher fails first
+    only = None if args.rows is None else [k.strip() for k in args.rows.split(",") if k.strip()]
+    if args.seeds is not None:
+        return _run_seeds(args, spec, datasets, out_root, overrides, contexts, only)
     measured = {}
     for ds in datasets:
         measured[ds] = run_table(args.table, ds, out_root=out_root, data_root=args.root,
                                  quick=args.quick, contexts=contexts, kvstore=args.kvstore,
-                                 progress=not args.no_progress, overrides=overrides)
+                                 progress=not args.no_progress, overrides=overrides,
+                                 teacher=args.teacher, only=only)
+    if only is not None:
+        print("\ntrained rows %s; run without --rows to write the table" % ", ".join(only))
+        return 0
     print()
-    print(write_table_outputs(args.table, measured, out_root, datasets, quick=args.quick))
+    print(write_table_outputs(args.table, measured, out_root, datasets, quick=args.quick,
+                              teacher=args.teacher))
     print("\nwritten: %s/%s.md, %s.json and the curves PNG" % (out_root, args.table, args.table))
+    return 0
+
+
+def _run_seeds(args, spec, datasets, out_root, overrides, contexts, only):
+    """``nst table NAME --seeds ...``: seed by seed (all rows of seed 0 first), then the
+    summary over seeds."""
+    from train.seeds import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    by_seed = {}
+    for ds in datasets:
+        by_seed[ds] = {}
+        for seed in seeds:
+            print("== %s, seed %d (%d of %d)" % (ds, seed, seeds.index(seed) + 1, len(seeds)))
+            by_seed[ds][seed] = run_table(
+                args.table, ds, out_root=out_root, data_root=args.root, quick=args.quick,
+                contexts=contexts, kvstore=args.kvstore, progress=not args.no_progress,
+                overrides=overrides, teacher=args.teacher, seed=seed, only=only)
+    if only is not None:
+        print("\ntrained rows %s for seeds %s; run without --rows to write the table"
+              % (", ".join(only), args.seeds))
+        return 0
+    text, _ = write_seed_outputs(args.table, by_seed, out_root, datasets, quick=args.quick)
+    print()
+    print(text)
+    print("\nwritten: %s/%s_seeds.md, %s_seeds.json and the curves PNG (mean over seeds)"
+          % (out_root, args.table, args.table))
     return 0

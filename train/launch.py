@@ -25,7 +25,7 @@ import time
 
 from nst.errors import NSTError
 
-SERVER_CODE = "import mxnet"  # importing mxnet with DMLC_ROLE=server/scheduler serves
+SERVER_CODE = "import nst.compat, mxnet"  # importing mxnet with DMLC_ROLE=server/scheduler serves
 
 
 def free_port():

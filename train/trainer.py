@@ -38,15 +38,18 @@ from mxnet import autograd, gluon
 import symbols
 from nst.errors import NSTError
 from nst import faults
-from nst.io import write_json
+from nst.io import write_json, write_text
+from nst.runtime import runtime_info
 from train import checkpoint as ckpt
 from train.batches import build_batches
 from train.devices import create_kvstore
 from train.losses import get_loss, loss_class
+from train.rng import seed_step
 from train.runlog import log_path, read_log
 
 LOGITS = "logits"
 _SYNC_KEY_BASE = 1 << 20  # kvstore keys for replica synchronisation (gradients use 0..n-1)
+_CLOCK_KEY = _SYNC_KEY_BASE - 1  # kvstore key on which dist_sync workers agree on a checkpoint
 
 
 class TransferTerm:
@@ -107,6 +110,31 @@ def _as_tuple(out):
     return out if isinstance(out, (tuple, list)) else (out,)
 
 
+def exempt_from_weight_decay(params, suffixes, require_match=True):
+    """Set ``wd_mult = 0`` on every trainable parameter whose name ends with
+    ``_<suffix>`` for a suffix in ``suffixes`` (``optimizer.no_wd``); the
+    others keep ``wd_mult = 1``.
+
+    ``[beta, bias]`` reproduces MXNet's Module, which the authors trained
+    with: its optimiser decays only ``*_weight`` and ``*_gamma`` arguments
+    (``Optimizer.set_wd_mult``).  Gluon's default (``[]``) decays everything.
+    A suffix that matches no trainable parameter is an error (a typo would
+    otherwise silently decay everything).
+    """
+    params = params.values() if hasattr(params, "values") else params
+    trainable = [p for p in params if p.grad_req != "null"]
+    matched = set()
+    for param in trainable:
+        hits = [s for s in suffixes if param.name.endswith("_" + s)]
+        param.wd_mult = 0.0 if hits else 1.0
+        matched.update(hits)
+    missing = [s for s in suffixes if s not in matched]
+    if require_match and missing:
+        raise NSTError("optimizer.no_wd: no trainable parameter name ends with %s; use "
+                       "parameter kinds such as beta, gamma, bias"
+                       % ", ".join("'_%s'" % s for s in missing))
+
+
 class Distiller:
     """Train ``cfg['student']`` with cross-entropy plus ``cfg['transfer']``.
 
@@ -131,6 +159,9 @@ class Distiller:
         self.out = cfg["out"] if self.rank == 0 else os.path.join(cfg["out"], "worker%d" % self.rank)
         self._stop_signal = None
         self._sync_keys = set()
+        self._clock = ckpt.CheckpointClock(cfg["train"]["checkpoint_every_steps"],
+                                           cfg["train"]["checkpoint_every_minutes"])
+        self.teacher_eval = None  # the teacher's test error, set by fit (check_teacher)
 
         seed = cfg["seed"]
         mx.random.seed(seed)
@@ -157,6 +188,7 @@ class Distiller:
                                self.num_workers)
         self.train_batches, self.test_batches = source.train, source.test
         self.classes, self.image_shape = source.classes, source.image_shape
+        self.class_names = source.class_names
 
     def _build_networks(self):
         cfg = self.cfg
@@ -185,6 +217,20 @@ class Distiller:
             for param in self.teacher.collect_params().values():
                 param.grad_req = "null"
             self.teacher.hybridize(static_alloc=True, static_shape=True)
+
+    def _teacher_forward(self, x):
+        """The teacher's outputs for one device's batch, outside autograd (no graph).
+
+        ``teacher.batchnorm: running`` runs it in inference mode (BatchNorm uses
+        the stored running statistics); ``batch`` in training mode, so BatchNorm
+        normalises with the statistics of this device's batch, as the authors'
+        solver does (``teacher_module.forward(data_batch, is_train=True)``).
+        Either way no gradient reaches the frozen teacher.
+        """
+        if self.cfg["teacher"]["batchnorm"] == "batch":
+            with autograd.train_mode():
+                return _as_tuple(self.teacher(x))
+        return _as_tuple(self.teacher(x))
 
     def _load_params(self, net, path, role, network, allow_missing=False):
         if not os.path.isfile(path):
@@ -252,6 +298,7 @@ class Distiller:
         params.update(self.student.collect_params())
         for term in self.terms:
             params.update(term.block.collect_params())
+        exempt_from_weight_decay(params, ocfg["no_wd"])
         opt_params = {"learning_rate": ocfg["lr"], "wd": ocfg["wd"]}
         if ocfg["name"] in ("nag", "sgd"):
             opt_params["momentum"] = ocfg["momentum"]
@@ -279,8 +326,8 @@ class Distiller:
         ce_weight = 1.0 if epoch >= self.cfg["train"]["ce_start_epoch"] else 0.0
         teacher_outs = []
         if self.teacher is not None and active:
-            for x in datas:  # inference mode, outside autograd: no graph is recorded
-                teacher_outs.append(_as_tuple(self.teacher(x)))
+            for x in datas:  # outside autograd: no graph is recorded
+                teacher_outs.append(self._teacher_forward(x))
         totals, components, logits_all = [], [], []
         with autograd.record():
             for i, (x, y) in enumerate(zip(datas, labels)):
@@ -327,10 +374,13 @@ class Distiller:
 
     def _fold_pending(self, pending, pending_correct, epoch, first_pending, sums):
         """Add the loss components and correct counts of the steps since the last fold
-        to ``sums`` (raising on a non-finite loss): one device-to-host copy."""
-        totals = self._check_finite(pending, epoch, first_pending)
+        to ``sums`` (raising on a non-finite loss): one device-to-host copy.  The
+        components are added step by step in float64, so the sums do not depend on
+        where the folds fell (a run resumed mid-epoch logs the same numbers)."""
+        per_step = self._check_finite(pending, epoch, first_pending)
         correct = mx.nd.add_n(*[c.as_in_context(mx.cpu()) for c in pending_correct])
-        sums["components"] = [a + float(b) for a, b in zip(sums["components"], totals)]
+        for row in per_step:
+            sums["components"] = [a + float(b) for a, b in zip(sums["components"], row)]
         sums["correct"] = [a + float(b) for a, b in zip(sums["correct"], correct.asnumpy())]
 
     def _correct_counts(self, logits, label):
@@ -368,46 +418,107 @@ class Distiller:
                 self.kv.pull(key, out=mean)
                 scale /= self.num_workers
             mean *= scale
-            param.set_data(mean)
+            # In place, not ``param.set_data``: set_data resets the trainer's
+            # kvstore, which with update_on_kvstore (kvstore device/local on
+            # several devices) throws away every parameter's NAG momentum.
+            for copy in copies:
+                copy[:] = mean.as_in_context(copy.context)
 
     def component_names(self):
         return ["ce"] + [term.label for term in self.terms]
 
     def _check_finite(self, pending, epoch, first_step):
-        """Raise on the first non-finite loss among the steps since the last check."""
+        """Raise on the first non-finite loss among the steps since the last check;
+        returns the (steps, components) loss values of those steps."""
         if not pending:
-            return None
+            return np.zeros((0, len(self.component_names())))
         values = mx.nd.stack(*[mx.nd.add_n(*[c.as_in_context(mx.cpu()) for c in step])
                                for step in pending]).asnumpy()
         bad = ~np.isfinite(values)
         if bad.any():
             row, col = np.argwhere(bad)[0]
             step = first_step + int(row)
+            manifest = ckpt.manifest_path(self.out)
+            kept = ("the last good checkpoint %s was kept" % manifest
+                    if os.path.exists(manifest) else "no checkpoint had been written yet")
             raise NSTError("loss term %r became %s at step %d (epoch %d, batch %d); the run "
-                           "stopped and the last good checkpoint %s was kept. Lower the "
-                           "learning rate or the weight of that term"
+                           "stopped and %s. Lower the learning rate or the weight of that term"
                            % (self.component_names()[col], values[row, col], step, epoch + 1,
-                              step - epoch * self.steps_per_epoch + 1,
-                              ckpt.manifest_path(self.out)))
-        return values.sum(axis=0)
+                              step - epoch * self.steps_per_epoch + 1, kept))
+        return values
 
-    def evaluate(self, batches=None):
-        """Top-1/top-5 error and mean cross-entropy of the student on a data set."""
+    def evaluate(self, batches=None, net=None, desc=None):
+        """Top-1/top-5 error and mean cross-entropy of the student (or ``net``) on a
+        data set, in inference mode (nothing is trained, BatchNorm's running
+        statistics are used and left as they are); ``desc``: show a progress bar."""
         batches = batches or self.test_batches
+        net = net or self.student
         top1 = mx.metric.Accuracy()
         top5 = mx.metric.TopKAccuracy(top_k=min(5, self.classes))
         ce = mx.metric.Loss()
+        bar = _progress(total=_length(batches), initial=0, enabled=bool(desc) and self.progress,
+                        desc=desc)
         for data, label in batches:
             faults.checkpoint("eval")
             datas = gluon.utils.split_and_load(data, self.ctx, even_split=False)
             labels = gluon.utils.split_and_load(label, self.ctx, even_split=False)
-            logits = [_as_tuple(self.student(x))[0] for x in datas]
+            logits = [_as_tuple(net(x))[0] for x in datas]
             top1.update(labels, logits)
             top5.update(labels, logits)
             ce.update(None, [self.ce(o, y) for o, y in zip(logits, labels)])
+            bar.update(1)
+        bar.close()
         return {"top1_err": 100.0 * (1 - top1.get()[1]),
                 "top5_err": 100.0 * (1 - top5.get()[1]),
-                "ce": ce.get()[1]}
+                "ce": ce.get()[1], "images": top1.num_inst}
+
+    def check_teacher(self):
+        """Evaluate the teacher once on the test split before it teaches (issue 14).
+
+        Returns the record stored in the checkpoints, every epoch's log record
+        (``teacher_test_top1_err`` / ``_top5_err``) and ``results.json``:
+        top-1/top-5 error, the chance level (top-1 error ``100 (1 - 1/classes)``)
+        and a warning when the teacher is no better than chance -- its number of
+        correct test images is not significantly above ``images / classes``
+        (one-sided binomial test, ``scipy.stats.binomtest``, p >= 0.01) -- or
+        its top-1 error exceeds ``teacher.max_top1_err``.  None when the run has
+        no teacher, no transfer loss or ``teacher.evaluate`` is false.
+        """
+        tcfg = self.cfg["teacher"]
+        if self.teacher is None or not self.terms or not tcfg["evaluate"]:
+            return None
+        from scipy.stats import binomtest
+
+        tic = time.time()
+        result = self.evaluate(net=self.teacher, desc="teacher evaluation")
+        images = int(result["images"])
+        correct = int(round(images * (1 - result["top1_err"] / 100.0)))
+        chance = 100.0 * (1 - 1.0 / self.classes)
+        p_value = binomtest(correct, images, 1.0 / self.classes,
+                            alternative="greater").pvalue if images else 1.0
+        record = {"top1_err": result["top1_err"], "top5_err": result["top5_err"],
+                  "ce": result["ce"], "images": images, "chance_top1_err": chance,
+                  "p_value_vs_chance": float(p_value), "seconds": time.time() - tic,
+                  "checkpoint": tcfg["checkpoint"], "warning": None}
+        self.log("teacher %s on the test split (%d images): top-1 error %.2f%%, top-5 error "
+                 "%.2f%% (chance: %.2f%% top-1)" % (tcfg["network"], images, result["top1_err"],
+                                                    result["top5_err"], chance))
+        problems = []
+        if p_value >= 0.01:
+            problems.append("it is no better than chance (top-1 error %.2f%%, chance %.2f%%, "
+                            "binomial p = %.2g)" % (result["top1_err"], chance, p_value))
+        if tcfg["max_top1_err"] is not None and result["top1_err"] > tcfg["max_top1_err"]:
+            problems.append("its top-1 error %.2f%% is above teacher.max_top1_err = %g%%"
+                            % (result["top1_err"], tcfg["max_top1_err"]))
+        if problems:
+            record["warning"] = ("the teacher %s (%s) looks wrong: %s. Distilling from it "
+                                 "wastes the run: check teacher.checkpoint (trained for this "
+                                 "data set and these %d classes?), teacher.network and "
+                                 "teacher.params" % (tcfg["network"], tcfg["checkpoint"],
+                                                     "; ".join(problems), self.classes))
+            banner = "!" * 78
+            self.log("%s\nWARNING: %s\n%s" % (banner, record["warning"], banner))
+        return record
 
     def _pretrain_terms(self):
         """Pre-training stages of the losses that have one (``pretrain_epochs``).
@@ -432,7 +543,9 @@ class Distiller:
             opt_params = {"learning_rate": ocfg["lr"], "wd": ocfg["wd"]}
             if ocfg["name"] in ("nag", "sgd"):
                 opt_params["momentum"] = ocfg["momentum"]
-            trainer = gluon.Trainer(block.pretrain_params(), ocfg["name"], opt_params)
+            pretrain_params = block.pretrain_params()
+            exempt_from_weight_decay(pretrain_params, ocfg["no_wd"], require_match=False)
+            trainer = gluon.Trainer(pretrain_params, ocfg["name"], opt_params)
             for epoch in range(term.pretrain_epochs):
                 total, seen = None, 0
                 for batch in self.train_batches.iter_epoch(epoch):
@@ -440,7 +553,7 @@ class Distiller:
                                                        even_split=False)
                     losses = []
                     for x in datas:
-                        feature = _pick(_as_tuple(self.teacher(x)), term.teacher_index)
+                        feature = _pick(self._teacher_forward(x), term.teacher_index)
                         with autograd.record():
                             losses.append(block.pretrain_loss(feature).reshape((1,)) * x.shape[0])
                     autograd.backward(losses)
@@ -459,6 +572,9 @@ class Distiller:
         """Train to ``cfg['epochs']``; returns the results dict."""
         cfg = self.cfg
         ckpt.prepare_run_folder(self.out)
+        if self.class_names and self.rank == 0:  # label i is line i, as nst pack's classes.txt
+            write_text(os.path.join(self.out, "classes.txt"),
+                       "".join("%s\n" % name for name in self.class_names))
         manifest = ckpt.read_manifest(self.out)
         if manifest is not None and not resume:
             raise NSTError("%s already holds a run (checkpoint at epoch %d); pass --resume to "
@@ -466,14 +582,26 @@ class Distiller:
                            % (self.out, manifest["epoch"]))
         start_epoch, start_step, sums, history = ckpt.resume_position(manifest,
                                                                       read_log(self.out))
+        runtime = runtime_info()
+        self.log("CPU runtime: %s, %d OpenMP operator threads (%s)"
+                 % (runtime["engine"], runtime["omp_threads"], runtime["omp_threads_source"]))
         if manifest is not None:
+            changed = ckpt.check_machine(manifest, self._machine_state(), self.out)
+            if changed:
+                self.log(changed)
             ckpt.load_checkpoint(self.out, manifest, self.student,
                                  [t.block for t in self.terms], self.trainer, self.ctx)
             self.log("resuming %s at epoch %d, step %d" % (self.out, start_epoch + 1, start_step))
+            # evaluated once, before the first step; kept in the checkpoints (a run
+            # started without it, or from an older checkpoint, evaluates now: inference
+            # only, it changes nothing the run trains)
+            self.teacher_eval = manifest.get("teacher_eval") or self.check_teacher()
         else:
             if resume:
                 self.log("no checkpoint in %s; starting from scratch" % self.out)
+            self.teacher_eval = self.check_teacher()
             self._pretrain_terms()
+        self._clock.written()  # the wall-time interval starts with training
         history = ckpt.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
         if history is None:
             return None
@@ -484,7 +612,6 @@ class Distiller:
         names = self.component_names()
         batches = self.train_batches.iter_epoch(epoch, start_step, with_index=True) \
             if self.needs_index else self.train_batches.iter_epoch(epoch, start_step)
-        mx.random.seed(cfg["seed"] + epoch)
         interval = max(1, cfg["train"]["log_interval"])
         sums = dict(sums) if sums else {"components": [0.0] * len(names), "correct": [0.0, 0.0],
                                           "images": 0, "seconds": 0.0}
@@ -498,6 +625,9 @@ class Distiller:
         images = 0
         stale_ok = any(not t.active(epoch) and t.block.collect_params() for t in self.terms)
         for batch in batches:
+            # random draws (CRD's negatives, dropout) as a function of the position,
+            # so a run resumed mid-epoch repeats them exactly (train.rng)
+            seed_step(cfg["seed"], epoch, step_in_epoch, self.rank)
             components, correct = self.train_step(epoch, batch, ignore_stale_grad=stale_ok)
             faults.checkpoint("step")
             pending.append(components)
@@ -506,8 +636,12 @@ class Distiller:
             step_in_epoch += 1
             global_step += 1
             bar.update(1)
-            if len(pending) >= interval or step_in_epoch == self.steps_per_epoch \
-                    or self._stop_signal:
+            # folds at fixed positions in the epoch (not counted from a resume point),
+            # so a resumed run's statistics add up exactly as an uninterrupted run's
+            checkpoint_now = step_in_epoch < self.steps_per_epoch and \
+                self._clock.due_by_steps(global_step)
+            if step_in_epoch % interval == 0 or step_in_epoch == self.steps_per_epoch \
+                    or self._stop_signal or checkpoint_now:
                 self._fold_pending(pending, pending_correct, epoch, first_pending, sums)
                 sums["images"] += images
                 sums["seconds"] += time.time() - tic
@@ -522,6 +656,12 @@ class Distiller:
                              "continue with --resume" % (self._stop_signal, epoch + 1,
                                                          step_in_epoch))
                     return None
+                # mid-epoch checkpoint (train.checkpoint_every_steps / _minutes); the
+                # wall-time trigger is looked at only here, where the statistics are folded
+                if step_in_epoch < self.steps_per_epoch and \
+                        (checkpoint_now or (self._clock.every_seconds
+                                            and self._agree(self._clock.due_by_time()))):
+                    self._save(epoch, step_in_epoch, sums)
         bar.close()
         self._synchronise_replicas()
         seen = max(1, sums["images"])
@@ -536,6 +676,10 @@ class Distiller:
         for name, value in zip(names, sums["components"]):
             record["loss_" + name] = value / seen
         record["loss_total"] = sum(w * v / seen for w, v in zip(weights, sums["components"]))
+        teacher_eval = self.teacher_eval
+        if teacher_eval:  # the teacher's own test error, measured before the first step
+            record["teacher_test_top1_err"] = teacher_eval["top1_err"]
+            record["teacher_test_top5_err"] = teacher_eval["top5_err"]
         if (epoch + 1) % max(1, cfg["train"]["eval_every"]) == 0 or epoch + 1 == cfg["epochs"]:
             test = self.evaluate()
             record["test_top1_err"] = test["top1_err"]
@@ -550,10 +694,30 @@ class Distiller:
         state = {"epoch": epoch, "step_in_epoch": step_in_epoch,
                  "global_step": epoch * self.steps_per_epoch + step_in_epoch,
                  "epoch_sums": sums, "numpy_rng": ckpt.numpy_rng_state(),
-                 "name": self.cfg["name"], "config": self.cfg}
+                 "name": self.cfg["name"], "config": self.cfg,
+                 "machine": self._machine_state(),
+                 "teacher_eval": self.teacher_eval}
         tag = "step%09d" % state["global_step"]
         ckpt.write_checkpoint(self.out, tag, self.student, [t.block for t in self.terms],
                               self.trainer, state, keep=self.cfg["train"]["keep_checkpoints"])
+        self._clock.written()
+
+    def _machine_state(self):
+        return ckpt.machine_state(len(self.ctx), self.ctx[0].device_type, self.num_workers,
+                                  self.global_batch, self.steps_per_epoch)
+
+    def _agree(self, flag):
+        """Under ``dist_sync``, True on every worker when it is True on any (the
+        workers' clocks differ, their checkpoints must not); otherwise ``flag``."""
+        if not (isinstance(self.kv, mx.kv.KVStore) and self.num_workers > 1):
+            return flag
+        value = mx.nd.array([1.0 if flag else 0.0])
+        if _CLOCK_KEY not in self._sync_keys:
+            self.kv.init(_CLOCK_KEY, mx.nd.zeros((1,)))
+            self._sync_keys.add(_CLOCK_KEY)
+        self.kv.push(_CLOCK_KEY, value)
+        self.kv.pull(_CLOCK_KEY, out=value)
+        return bool(value.asscalar() > 0)
 
     def _finish(self, history):
         from nst.io import atomic_path
@@ -569,7 +733,9 @@ class Distiller:
                    "student": self.cfg["student"]["network"],
                    "teacher": (self.cfg["teacher"] or {}).get("network"),
                    "transfer": [{"loss": t.name, "weight": t.weight} for t in self.terms],
-                   "student_params": final_path, "log": log_path(self.out)}
+                   "student_params": final_path, "log": log_path(self.out),
+                   "runtime": runtime_info(),
+                   "teacher_eval": self.teacher_eval}
         write_json(os.path.join(self.out, "results.json"), results)
         plot_error_curves({self.cfg["name"]: history}, os.path.join(self.out, "curves.png"),
                           title=self.cfg["name"])
@@ -583,6 +749,13 @@ def _shape_of(shapes):
 
 def _as_ndarray(array):
     return array if isinstance(array, mx.nd.NDArray) else mx.nd.array(array)
+
+
+def _length(batches):
+    try:
+        return len(batches)
+    except TypeError:
+        return None
 
 
 def _format_record(record):

@@ -11,10 +11,10 @@ name            inputs      default_weight  loss (per sample; see the class docs
 kd              logits      16              KL(softmax(z_T/T) || softmax(z_S/T)), T = 4
 fitnet          feature     100             mean (r(F_S) - F_T)^2, r a learned 1x1 conv
 at              feature     1000            mean (Q_S - Q_T)^2, Q = normalised mean_c F^2
-nst_linear      feature     25              MMD^2, linear kernel (Eq. 4 / Eq. 5)
-nst_poly        feature     25              MMD^2, (x^T y + c)^d, d=2, c=0 (Eq. 4 / Eq. 9)
-nst_gaussian    feature     50              MMD^2, Gaussian kernel (Eq. 4)
-fsp             feature     1               mean over layer pairs of ||G_S - G_T||^2/(C1 C2), G = F1^T F2/hw (lists)
+nst_linear      feature     50              MMD^2, linear kernel (Eq. 4 / Eq. 5)
+nst_poly        feature     50              MMD^2, (x^T y + c)^d, d=2, c=0 (Eq. 4 / Eq. 9)
+nst_gaussian    feature     100             MMD^2, Gaussian kernel (Eq. 4)
+fsp             feature     1               sum over layer pairs of ||G_S - G_T||^2/(C1 C2), G = F1^T F2/hw (lists)
 ft              feature     500             mean |F_T/||F_T|| - F_S/||F_S|||, paraphraser/translator factors
 crd             feature     0.8             NCE of embeddings vs memory banks, 16384 negatives (needs index)
 sp              feature     3000            ||G_T - G_S||_F^2/b^2, G = row-normalised Q Q^T (batch)
@@ -22,7 +22,7 @@ ab              feature     0.003           ||rho(T) relu(1-r(S)) + (1-rho(T)) r
 rkd             embedding   1               25 Huber(dist/mean) + 50 Huber(angle cosines) (batch)
 pkt             embedding   468.75          KL(p_.|i || q_.|i) of cosine-kernel rows (batch)
 cc              embedding   100             ||C_T - C_S||_F^2/b^2, C = Taylor-2 RBF, gamma 0.4
-vid             feature     1               sum_c mean_hw log s_c + (t - mu(s))^2 / 2 s_c^2
+vid             feature     1               mean_c,hw log s_c + (t - mu(s))^2 / 2 s_c^2
 ==============  ==========  ==============  =====================================
 
 Every class accepts ``student_shape=`` and ``teacher_shape=`` (per-sample

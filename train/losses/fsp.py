@@ -58,18 +58,18 @@ class FSPLoss(TransferLoss):
 
     the larger of the two maps first average-pooled (integer ratios, else
     bilinear) to the smaller's :math:`h \times w`.  The per-sample loss is the
-    mean over the :math:`k-1` pairs of the mean squared difference of the
+    sum over the :math:`k-1` pairs of the mean squared difference of the
     student's and the teacher's matrices,
 
-    .. math:: L_{FSP} = \frac{1}{k-1}\sum_{i=1}^{k-1}
+    .. math:: L_{FSP} = \sum_{i=1}^{k-1}
               \frac{\| G_i^S - G_i^T \|_F^2}{C_i\, C_{i+1}},
 
     averaged over the batch.  Yim et al.'s Eq. 2 sums the squared differences
-    over the matrix and the pairs with equal weights :math:`\lambda_i`;
-    dividing by the matrix size (RepDistiller's ``mse`` per pair) and averaging
-    over the pairs makes the weight independent of the layer widths and of
-    ``k``.  ``default_weight = 1`` as in RepDistiller's FSP stage (the loss
-    alone, weight 1 per pair) and Knowledge-Distillation-Zoo (lambda 1).
+    over the matrices and the pairs with equal weights :math:`\lambda_i`;
+    dividing each pair by its matrix size is RepDistiller's per-pair
+    ``(s - t).pow(2).mean()``, and the pairs are summed as RepDistiller sums
+    its ``loss_group``.  So ``default_weight = 1`` is RepDistiller's FSP
+    stage (weight 1 on that sum) for any ``k``.
 
     Training schedule: Yim et al. (and RepDistiller) train the student on the
     FSP loss **alone** first, then on the task alone.  That is available with
@@ -224,7 +224,7 @@ class FSPLoss(TransferLoss):
             g_s = fsp_matrix(F, mapped[i], mapped[i + 1], mapped_shapes[i], mapped_shapes[i + 1])
             g_t = fsp_matrix(F, teacher[i], teacher[i + 1], t_shapes[i], t_shapes[i + 1])
             size = t_shapes[i][0] * t_shapes[i + 1][0]
-            term = sum_squares(F, g_s - g_t) * (1.0 / (size * pairs))
+            term = sum_squares(F, g_s - g_t) * (1.0 / size)
             total = term if total is None else total + term
         return F.mean(total)
 

@@ -17,9 +17,13 @@ gradient.  :math:`\hat f = f / \sqrt{\|f\|^2 + \epsilon}` (``eps`` = 1e-10 as
 in the original code), so all-zero maps give finite losses.  Maps of different
 spatial sizes are first brought to the smaller size (:mod:`.utils`).
 
-The trainer multiplies the returned MMD^2 by the config's weight; Eq. 3 weighs
-it by :math:`\lambda/2`, with :math:`\lambda` = 50, 50, 100 (linear, poly,
-Gaussian; Sec. 5), hence ``default_weight`` = 25, 25, 50.
+The trainer multiplies the returned MMD^2 by the config's weight.  The
+defaults are the :math:`\lambda` of Sec. 5 applied directly, ``default_weight``
+= 50, 50, 100 (linear, poly, Gaussian), as the authors' released code does
+(``kt_weight = 50`` as ``MakeLoss(grad_scale=50)`` on MMD^2), and RepDistiller
+(``-b 50``) and mdistiller (``FEAT_WEIGHT 50``) after it.  Eq. 3 writes the term
+as :math:`\frac{\lambda}{2} L_{MMD^2}`; read literally that is half this
+strength (weights 25, 25, 50), a documented difference, not the default.
 
 How it is computed (fast, same value)
 -------------------------------------
@@ -79,9 +83,9 @@ the only kernel it ships) with ``config/cfgs.py``:
   MMD^2 minus a constant (usually negative).  Ours is the full MMD^2 of Eq. 4.
 * It applies the weight as ``MakeLoss(grad_scale=kt_weight)`` with
   ``kt_weight = 50``, i.e. the gradient is :math:`\lambda \nabla MMD^2`,
-  **not** the :math:`\lambda/2` of Eq. 3.  Our ``default_weight`` follows
-  Eq. 3 (25 for poly); use weight 50 to reproduce the released code's
-  effective strength.
+  not the :math:`\lambda/2` of Eq. 3.  Our ``default_weight`` is the same
+  :math:`\lambda` (50 for poly), so the gradients are the released code's;
+  weight 25 is the literal-Eq.-3 reading.
 * It always builds the :math:`C \times C` channel Grams (with an explicit
   transpose copy); we pick the cheaper form (above).  Same normalisation
   (``L2Normalization``, ``eps=1e-10``), same per-sample mean then batch
@@ -181,7 +185,8 @@ class NSTLinear(_NST):
               - \frac{1}{C_S}\sum_j \hat f_S^j \Big\|_2^2
 
     per image, averaged over the batch; :math:`O(C \cdot HW)`.
-    ``default_weight = 25`` (:math:`\lambda/2`, :math:`\lambda = 50`, Sec. 5).
+    ``default_weight = 50`` (:math:`\lambda = 50`, Sec. 5, applied directly as
+    the released code applies its ``kt_weight``).
 
     Parameters
     ----------
@@ -190,7 +195,7 @@ class NSTLinear(_NST):
     """
 
     loss_name = "nst_linear"
-    default_weight = 25.0
+    default_weight = 50.0
 
     def _mmd2(self, F, s, t, c_s, c_t, hw):
         diff = sum_rows(F, s) * (1.0 / c_s) - sum_rows(F, t) * (1.0 / c_t)   # (N, HW)
@@ -207,8 +212,9 @@ class NSTPoly(_NST):
     .. math:: L_{MMD_P^2} = \|G_S - G_T\|_F^2, \qquad
               G = \hat{\mathbf F}^\top \hat{\mathbf F} / C \in R^{HW \times HW},
 
-    per image, averaged over the batch.  ``default_weight = 25``
-    (:math:`\lambda/2`, :math:`\lambda = 50`, Sec. 5 and 5.2).  See the module
+    per image, averaged over the batch.  ``default_weight = 50``
+    (:math:`\lambda = 50`, Sec. 5 and 5.2, applied directly as the released
+    code's ``kt_weight = 50``).  See the module
     docstring for the two equivalent forms, the cost rule that picks one, and
     the differences from the original code.
 
@@ -226,7 +232,7 @@ class NSTPoly(_NST):
     """
 
     loss_name = "nst_poly"
-    default_weight = 25.0
+    default_weight = 50.0
     defaults = {"degree": 2, "c": 0.0, "form": "auto", "eps": 1e-10}
 
     def _configure(self, degree, c, form, eps):
@@ -279,8 +285,8 @@ class NSTGaussian(_NST):
     a constant (no gradient flows through it) and floored at ``min_sigma2``
     = 1e-3 (only reached when all maps of an image nearly coincide).  Distances come from the Grams,
     :math:`\|x\|^2 + \|y\|^2 - 2x^\top y`, clipped at 0.  Per image, averaged
-    over the batch.  ``default_weight = 50`` (:math:`\lambda/2`,
-    :math:`\lambda = 100`, Sec. 5).  Cost :math:`O((C_T + C_S)^2 HW)`.
+    over the batch.  ``default_weight = 100`` (:math:`\lambda = 100`, Sec. 5,
+    applied directly as the released code applies its ``kt_weight``).  Cost :math:`O((C_T + C_S)^2 HW)`.
 
     Parameters
     ----------
@@ -289,7 +295,7 @@ class NSTGaussian(_NST):
     """
 
     loss_name = "nst_gaussian"
-    default_weight = 50.0
+    default_weight = 100.0
 
     #: Floor of sigma^2.  Distances between unit-norm maps are O(1) (typically
     #: sigma^2 ~ 0.5-1); sigma^2 < 1e-3 means all maps of an image coincide to

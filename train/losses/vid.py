@@ -25,18 +25,19 @@ class VIDLoss(TransferLoss):
     .. math:: \sigma_c^2 = \log(1 + e^{\alpha_c}) + \epsilon ,
 
     and the loss is its negative log-likelihood without the constant
-    :math:`\frac12 \log 2\pi`, summed over the channels and averaged over the
-    positions of each image, then over the batch:
+    :math:`\frac12 \log 2\pi`, averaged over the channels and positions of
+    each image, then over the batch:
 
-    .. math:: L_{VID} = \frac1N \sum_n \sum_{c=1}^{C_T} \frac{1}{HW} \sum_{h,w}
+    .. math:: L_{VID} = \frac1N \sum_n \frac{1}{C_T HW} \sum_{c=1}^{C_T} \sum_{h,w}
               \Big[ \log \sigma_c + \frac{(t_{c,h,w} - \mu_{c,h,w}(s))^2}{2\sigma_c^2} \Big].
 
-    (The paper sums over the positions too; averaging them keeps the scale
-    independent of the map size.  RepDistiller's copy of the authors' code
-    also averages over the channels, so its beta = 1 corresponds to weight
-    1 / C_T here.)  It can be negative (small variances) and is never 0 at
-    equality; the optimum of :math:`\sigma_c^2` for a fixed regressor is the
-    mean squared residual of channel c.
+    This is the mean over all elements that the authors' code and
+    RepDistiller (``torch.mean(neg_log_prob)``) and mdistiller compute, so
+    weight 1 here is their beta = 1 per layer.  (The paper's Eq. 5 sums over
+    channels and positions; that is this value times :math:`C_T HW`.)  It
+    can be negative (small variances) and is never 0 at equality; the optimum
+    of :math:`\sigma_c^2` for a fixed regressor is the mean squared residual
+    of channel c.
 
     :math:`\mu(\cdot)` is the paper's regressor: three 1x1 convolutions with
     ReLUs in between (conv-ReLU-conv-ReLU-conv), without biases, hidden
@@ -45,8 +46,8 @@ class VIDLoss(TransferLoss):
     ``init_var`` = 5 (the authors' value).  All of them are parameters of
     this block (``loss.collect_params()``), trained with the student (and,
     like the student, weight-decayed by the trainer), not exported.
-    ``default_weight = 1`` (one layer; lambda = 1 per layer as in the
-    paper's and RepDistiller's CIFAR settings).
+    ``default_weight = 1`` (one layer; beta = 1 per layer, RepDistiller's
+    CIFAR setting, on the same element mean).
 
     Different spatial sizes: the larger map is resized to the smaller one
     first (:mod:`.utils`).
@@ -63,7 +64,7 @@ class VIDLoss(TransferLoss):
         Its channel count sets the regressor's output and the variances.
 
     Inputs: ``inputs = "feature"``, (N, C, H, W) maps (the configs: NST's
-    layer pair, the student's in5b_bn and the teacher's stage3).
+    layer pair, the student's in5b_bn and the teacher's bn1).
     """
 
     loss_name = "vid"
@@ -130,5 +131,6 @@ class VIDLoss(TransferLoss):
         var = F.Activation(alpha, act_type="softrelu") + self.eps            # sigma_c^2, (C_T,)
         scale = F.reshape(F.rsqrt(var * 2.0), shape=(1, -1, 1, 1))           # 1 / sqrt(2 sigma^2)
         residual = F.broadcast_mul(teacher - self.regressor(student), scale)
-        fit = F.mean(sum_squares(F, residual)) * (1.0 / (h * w))
-        return fit + F.sum(F.log(var)) * 0.5                                 # sum_c log sigma_c
+        c_t = t_shape[0]
+        fit = F.mean(sum_squares(F, residual)) * (1.0 / (c_t * h * w))
+        return fit + F.mean(F.log(var)) * 0.5                                # mean_c log sigma_c

@@ -154,6 +154,24 @@ def _mx_inception_bn(classes):
     return x, order
 
 
+
+def _logits_with_mxnet_weights(net, convs, bns, dense, order, args, aux):
+    """Load the MXNet-layout weights ``args``/``aux`` into our layers (in ``order``)
+    and return our float64 logits on ``args['data']``."""
+    for conv, bn, name in zip(convs, bns, order):
+        conv.weight.set_data(mx.nd.array(args["conv_%s_weight" % name], dtype="float64"))
+        bn.gamma.set_data(mx.nd.array(args["bn_%s_gamma" % name], dtype="float64"))
+        bn.beta.set_data(mx.nd.array(args["bn_%s_beta" % name], dtype="float64"))
+        # our convolutions have no bias: BN(conv + b; mean m) = BN(conv; mean m - b)
+        bn.running_mean.set_data(mx.nd.array(aux["bn_%s_moving_mean" % name]
+                                             - args["conv_%s_bias" % name], dtype="float64"))
+        bn.running_var.set_data(mx.nd.array(aux["bn_%s_moving_var" % name], dtype="float64"))
+    dense[0].weight.set_data(mx.nd.array(args["fc1_weight"], dtype="float64"))
+    dense[0].bias.set_data(mx.nd.array(args["fc1_bias"], dtype="float64"))
+    ours = net(mx.nd.array(args["data"], dtype="float64"))
+    return (ours[0] if isinstance(ours, (list, tuple)) else ours).asnumpy()
+
+
 def _gluon_layers(block, convs, bns, dense):
     for child in block._children.values():
         if isinstance(child, gluon.nn.Conv2D):
@@ -200,18 +218,7 @@ def test_inception_bn_equals_mxnets_symbol_with_the_same_weights():
     data_bn, bns = bns[0], bns[1:]
     assert len(convs) == len(bns) == len(order) and len(dense) == 1
     data_bn.running_var.set_data(mx.nd.full(3, 1.0 - data_bn._kwargs["eps"], dtype="float64"))
-    for conv, bn, name in zip(convs, bns, order):
-        conv.weight.set_data(mx.nd.array(args["conv_%s_weight" % name], dtype="float64"))
-        bn.gamma.set_data(mx.nd.array(args["bn_%s_gamma" % name], dtype="float64"))
-        bn.beta.set_data(mx.nd.array(args["bn_%s_beta" % name], dtype="float64"))
-        # our convolutions have no bias: BN(conv + b; mean m) = BN(conv; mean m - b)
-        bn.running_mean.set_data(mx.nd.array(aux["bn_%s_moving_mean" % name]
-                                             - args["conv_%s_bias" % name], dtype="float64"))
-        bn.running_var.set_data(mx.nd.array(aux["bn_%s_moving_var" % name], dtype="float64"))
-    dense[0].weight.set_data(mx.nd.array(args["fc1_weight"], dtype="float64"))
-    dense[0].bias.set_data(mx.nd.array(args["fc1_bias"], dtype="float64"))
-    ours = net(mx.nd.array(args["data"], dtype="float64"))
-    ours = (ours[0] if isinstance(ours, (list, tuple)) else ours).asnumpy()
+    ours = _logits_with_mxnet_weights(net, convs, bns, dense, order, args, aux)
     scale = np.abs(reference).max()
     assert scale > 1e-3
     assert np.abs(ours - reference).max() <= 1e-5 * scale
@@ -260,17 +267,7 @@ def test_inception_bn_small_equals_mxnets_28_small_symbol():
     convs, bns, dense = [], [], []
     _gluon_layers(net, convs, bns, dense)
     assert len(convs) == len(bns) == len(order)
-    for conv, bn, name in zip(convs, bns, order):
-        conv.weight.set_data(mx.nd.array(args["conv_%s_weight" % name], dtype="float64"))
-        bn.gamma.set_data(mx.nd.array(args["bn_%s_gamma" % name], dtype="float64"))
-        bn.beta.set_data(mx.nd.array(args["bn_%s_beta" % name], dtype="float64"))
-        bn.running_mean.set_data(mx.nd.array(aux["bn_%s_moving_mean" % name]
-                                             - args["conv_%s_bias" % name], dtype="float64"))
-        bn.running_var.set_data(mx.nd.array(aux["bn_%s_moving_var" % name], dtype="float64"))
-    dense[0].weight.set_data(mx.nd.array(args["fc1_weight"], dtype="float64"))
-    dense[0].bias.set_data(mx.nd.array(args["fc1_bias"], dtype="float64"))
-    ours = net(mx.nd.array(args["data"], dtype="float64"))
-    ours = (ours[0] if isinstance(ours, (list, tuple)) else ours).asnumpy()
+    ours = _logits_with_mxnet_weights(net, convs, bns, dense, order, args, aux)
     assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max()
 
 

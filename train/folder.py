@@ -383,13 +383,9 @@ def folder_source(dcfg, seed, local_batch, rank=0, num_workers=1):
 
     opts = _options(dcfg)
     root = dcfg["root"]
-    size, resize = dcfg.get("image_size", 224), dcfg.get("val_resize", 256)
-    if size < 8:
-        raise NSTError("data.image_size must be at least 8 pixels, got %d" % size)
-    if resize < size:
-        raise NSTError("data.val_resize (%d) is smaller than data.image_size (%d): validation "
-                       "images are resized to val_resize then centre-cropped to image_size; use "
-                       "e.g. image_size 224 with val_resize 256" % (resize, size))
+    from train.imagenet import image_sizes
+
+    size, resize = image_sizes(dcfg)
     split_dirs = [os.path.join(root, s) for s in ("train", "val")]
     if all(os.path.isdir(d) for d in split_dirs):
         classes, train_items = list_folder(split_dirs[0])

@@ -72,6 +72,20 @@ _IR_SIZE = struct.calcsize(_IR_FORMAT)
 
 
 # ---------------------------------------------------------------------- files
+
+def image_sizes(dcfg):
+    """``(image_size, val_resize)`` of an image data config (defaults 224, 256),
+    checked: training crops and validation centre crops are ``image_size``
+    squares of images resized to ``val_resize``."""
+    size, resize = dcfg.get("image_size", 224), dcfg.get("val_resize", 256)
+    if size < 8:
+        raise NSTError("data.image_size must be at least 8 pixels, got %d" % size)
+    if resize < size:
+        raise NSTError("data.val_resize (%d) is smaller than data.image_size (%d): the "
+                       "validation images are resized to val_resize then centre-cropped to "
+                       "image_size; use e.g. image_size 224 with val_resize 256" % (resize, size))
+    return size, resize
+
 def split_paths(root, split):
     """``(rec, idx)`` paths of ``split`` ('train' or 'val') in ``root``."""
     return os.path.join(root, split + ".rec"), os.path.join(root, split + ".idx")
@@ -361,13 +375,7 @@ def record_source(dcfg, seed, local_batch, rank=0, num_workers=1):
     if not os.path.isdir(root):
         raise NSTError("data.root %s is not a folder; pack ImageNet (one sub-folder per class) "
                        "with `nst pack IMAGE_DIR %s --val-dir VAL_DIR`" % (root, root))
-    size, resize = dcfg.get("image_size", 224), dcfg.get("val_resize", 256)
-    if size < 8:
-        raise NSTError("data.image_size must be at least 8 pixels, got %d" % size)
-    if resize < size:
-        raise NSTError("data.val_resize (%d) is smaller than data.image_size (%d): the "
-                       "validation images are resized to val_resize then centre-cropped to "
-                       "image_size; use e.g. image_size 224 with val_resize 256" % (resize, size))
+    size, resize = image_sizes(dcfg)
     classes = read_classes(root)
     counts = {}
     for split in SPLITS:

@@ -10,11 +10,11 @@
   against the images/s of the KD + NST step: the pipeline runs in the
   training thread between steps, so its share of an epoch is
   ``step rate / augment rate``.
-* ImageNet: :mod:`train.imagenet`'s ``mx.io.ImageRecordIter`` (JPEG decoding,
+* ImageNet: :mod:`train.data.recordio`'s ``mx.io.ImageRecordIter`` (JPEG decoding,
   random-resized crop to 224x224, flip, colour jitter, PCA lighting,
   normalisation, batch 32) over real JPEGs: a tiny ImageNet-style folder
-  written by :func:`train.pack.make_tiny_imagenet` and packed by ``nst pack``
-  (:func:`train.pack.pack`) into a temporary folder.  Its decoding threads
+  written by :func:`train.data.pack.make_tiny_imagenet` and packed by ``nst pack``
+  (:func:`train.data.pack.pack`) into a temporary folder.  Its decoding threads
   are printed: ``data.threads`` asks for some, and MXNet caps them at
   ``max(1, cores / 2 - 1)``.
 """
@@ -68,8 +68,8 @@ def _effective_threads(requested):
 def recordio_rate(folder, classes=4, per_class=80, size=256, image_size=224, batch=32,
                   threads=4, repeat=3, show_progress=False):
     """Median images/s of the ImageNet training iterator over packed real JPEGs."""
-    from train.imagenet import record_source
-    from train.pack import make_tiny_imagenet, pack
+    from train.data.recordio import record_source
+    from train.data.pack import make_tiny_imagenet, pack
 
     images = make_tiny_imagenet(os.path.join(folder, "images"), classes=classes,
                                 per_class=per_class, size=size, seed=0)

@@ -1,5 +1,6 @@
-"""One worker of ``nst bench threads`` (:mod:`benchmarks.threads`), run as
-``python -m benchmarks.thread_worker SPEC_JSON``.
+"""One worker process of ``nst bench threads`` (:mod:`benchmarks.threads`).
+
+Run as ``python -m benchmarks.thread_worker SPEC_JSON``.
 
 It sets up the runtime exactly as the ``nst`` command does
 (:func:`nst.cli.configure_environment`, before MXNet is imported -- which is why

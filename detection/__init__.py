@@ -1,5 +1,6 @@
-"""Section 5.3 / Table 4 of the NST paper: Faster R-CNN on PASCAL VOC with an
-Inception-BN backbone initialised from each distilled ImageNet student.
+"""Faster R-CNN on PASCAL VOC with distilled Inception-BN backbones (Sec. 5.3, Table 4).
+
+Each backbone is initialised from one distilled ImageNet student.
 
 - :mod:`detection.config`: the detection config schema (``configs/voc/``);
 - :mod:`detection.model`: GluonCV's ``FasterRCNN`` around ``net.split_at('4b')``;

@@ -215,8 +215,9 @@ def _eval(args):
 def _table4(args):
     from train.config import parse_override
     from train.devices import parse_contexts
+    from train.report.tables import TABLE4_QUICK_BANNER
 
-    from .table4 import QUICK_BANNER, run_table4, write_table4
+    from .table4 import run_table4, write_table4
 
     if args.config:
         raise NSTError("table4 uses configs/voc/faster_rcnn.yaml (or quick.yaml with --quick); "
@@ -233,7 +234,7 @@ def _table4(args):
     print(write_table4(results, out_root, args.quick, args.rows))
     print("\nwritten: %s/table4.md and %s/table4.json" % (out_root, out_root))
     if args.quick:
-        print(QUICK_BANNER)
+        print(TABLE4_QUICK_BANNER)
     return 0
 
 

@@ -3,9 +3,9 @@
 The rows, the paper's numbers and the column headers are data in
 ``configs/voc/table4.yaml``.  :func:`run_table4` trains and tests one detector
 per row, identical except for the backbone checkpoint, keeps finished rows
-(``results.json``) and resumes interrupted ones; :func:`format_table4` prints
-the per-class table in the paper's layout, each measured row under the
-paper's.
+(``results.json``) and resumes interrupted ones; :func:`write_table4` writes
+the per-class table in the paper's layout, each measured row under the paper's
+(rendered by :func:`train.report.tables.format_table4`).
 
 ``--quick`` runs the same code on the tiny VOC-format dataset of CIFAR-10
 images (:mod:`detection.tiny_voc`) with ``configs/voc/quick.yaml``, and, for
@@ -18,42 +18,11 @@ import json
 import os
 import shutil
 
-import yaml
-
 from nst.errors import NSTError
 from nst.io import write_json, write_text
+from train.report.tables import format_table4, load_table4, select_table4_rows
 
-from .config import CONFIG_DIR, FULL_CONFIG, QUICK_CONFIG, REPO, load_config
-
-TABLE_FILE = os.path.join(CONFIG_DIR, "table4.yaml")
-QUICK_BANNER = ("QUICK MODE: a pipeline check on a tiny VOC-format dataset of CIFAR-10 images "
-                "(7 of the 20 classes, a few dozen test images) with quarter-width backbones; "
-                "these numbers are NOT a reproduction of Table 4 and say nothing about the "
-                "transfer methods.")
-
-
-def load_table(path=TABLE_FILE):
-    if not os.path.isfile(path):
-        raise NSTError("the Table 4 definition %s is missing; run from a checkout of the "
-                       "project" % path)
-    with open(path, "r", encoding="utf-8") as handle:
-        spec = yaml.safe_load(handle)
-    for key in ("rows", "columns", "title", "source"):
-        if key not in spec:
-            raise NSTError("%s lacks %r" % (path, key))
-    return spec
-
-
-def select_rows(spec, keys=None):
-    rows = spec["rows"]
-    if not keys:
-        return rows
-    known = [r["key"] for r in rows]
-    unknown = [k for k in keys if k not in known]
-    if unknown:
-        raise NSTError("unknown Table 4 row(s) %s; the rows are %s"
-                       % (", ".join(unknown), ", ".join(known)))
-    return [r for r in rows if r["key"] in keys]
+from .config import FULL_CONFIG, QUICK_CONFIG, REPO, load_config
 
 
 def imagenet_checkpoint(row, imagenet_root):
@@ -97,14 +66,14 @@ def run_table4(quick=False, imagenet_root="runs/imagenet", voc_root=None, out_ro
     from .quick_backbone import make_quick_backbone
     from .train import DetectionTrainer
 
-    spec = load_table()
+    spec = load_table4()
     out_root = out_root or ("runs/voc_quick" if quick else "runs/voc")
     base = load_config(QUICK_CONFIG if quick else FULL_CONFIG, overrides)
     voc_root = voc_root or base["data"]["voc_root"]
     if quick:
         cifar_root = prepare_quick_data(voc_root, cifar_root, log)
     contexts = contexts or parse_contexts()
-    selected = select_rows(spec, rows)
+    selected = select_table4_rows(spec, rows)
     results = {}
     for index, row in enumerate(selected):
         out = os.path.join(out_root, row["key"])
@@ -147,41 +116,6 @@ def run_table4(quick=False, imagenet_root="runs/imagenet", voc_root=None, out_ro
                            "resume" % row["method"])
         results[row["key"]] = result
     return results
-
-
-def _cell(value):
-    return "—" if value is None else "%.1f" % value
-
-
-def format_table4(results, quick=False, rows=None):
-    """Markdown table: per method the paper's row and the measured row (AP %)."""
-    spec = load_table()
-    classes = list(spec["columns"])
-    head = ["Method", "", "mAP"] + [spec["columns"][c] for c in classes]
-    lines = []
-    if quick:
-        lines += ["> " + QUICK_BANNER, ""]
-    lines += ["**%s**" % spec["title"], "", "| " + " | ".join(head) + " |",
-              "|" + "---|" * len(head)]
-    for row in select_rows(spec, rows):
-        paper = row.get("paper") or {}
-        lines.append("| " + " | ".join([row["method"], "paper", _cell(paper.get("mAP"))]
-                                       + [_cell(paper.get(c)) for c in classes]) + " |")
-        result = results.get(row["key"])
-        if result is None:
-            lines.append("| %s | measured | not run |%s" % (row["method"],
-                                                            " |" * len(classes)))
-            continue
-        ap = result.get("ap") or {}
-        measured = [None if ap.get(c) is None else 100 * ap[c] for c in classes]
-        m = result.get("mAP")
-        label = "quick" if quick else "measured"
-        lines.append("| " + " | ".join([row["method"], label, _cell(None if m is None else 100 * m)]
-                                       + [_cell(v) for v in measured]) + " |")
-    lines += ["", "Paper: %s. Measured: VOC07 11-point AP at IoU 0.5 on the test split; "
-                  "— = no ground truth of that class in the test split (left out of the mAP)."
-              % spec["source"]]
-    return "\n".join(lines)
 
 
 def write_table4(results, out_root, quick=False, rows=None):

@@ -48,6 +48,7 @@ from nst.errors import NSTError
 from nst.io import atomic_path, write_json
 from tools.voc_eval import VOC_CLASSES, write_detections_json, write_devkit_files
 from train import checkpoint as ckpt
+from train import epochs
 from train.devices import create_kvstore
 from train.rng import seed_step
 from train.runlog import log_path, read_log, write_log
@@ -357,8 +358,8 @@ class DetectionTrainer:
             raise NSTError("%s already holds a detection run (checkpoint at epoch %d); pass "
                            "--resume to continue it or choose another folder with --out"
                            % (self.out, manifest["epoch"]))
-        start_epoch, start_step, sums, history = ckpt.resume_position(manifest,
-                                                                      read_log(self.out))
+        start_epoch, start_step, sums, history = epochs.resume_position(
+            manifest, read_log(self.out))
         if manifest is not None:
             results_path = os.path.join(self.out, "results.json")
             if start_epoch >= cfg["epochs"] and os.path.isfile(results_path):
@@ -374,7 +375,7 @@ class DetectionTrainer:
             write_json(os.path.join(self.out, "config.json"), cfg)
         self.log(recipe_note(self.base_lr, len(self.ctx), cfg["train"]["images_per_device"],
                              self.steps_per_epoch))
-        history = ckpt.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
+        history = epochs.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
         if history is None:
             return None
         return self._finish(history)

@@ -1,5 +1,9 @@
-"""Core of the NST toolkit: the ``nst`` command, the project's error type and
-small I/O helpers shared by ``symbols``, ``train``, ``detection`` and ``tools``."""
+"""The toolkit's core: the ``nst`` command, the error type, atomic I/O and the CPU runtime.
+
+The lowest layer: everything else (``symbols``, ``train``, ``detection``,
+``tools``, ``benchmarks``) may import it, and it imports none of them -- the
+``nst`` dispatcher (:mod:`nst.cli`) loads each command's module by name when
+that command runs."""
 
 from .errors import NSTError
 

@@ -19,12 +19,12 @@ from .runtime import configure_threads
 
 # name -> (module, one-line help).  Order is the order of ``nst --help``.
 COMMANDS = {
-    "demo": ("train.demo", "run NST end to end on scikit-learn's digits (the README's first command)"),
+    "demo": ("tools.demo", "run NST end to end on scikit-learn's digits (the README's first command)"),
     "train": ("train.cli", "train a teacher, a student or a distilled student from a config file"),
     "table": ("train.experiments", "train every row of a paper table and print it beside the paper"),
     "launch": ("train.launch", "start a dist_sync job's scheduler, servers and workers on this machine"),
-    "pack": ("train.pack", "pack an image-folder tree (one sub-folder per class) into RecordIO for ImageNet training"),
-    "data": ("train.download", "download and verify the CIFAR-10 / CIFAR-100 archives"),
+    "pack": ("train.data.pack", "pack an image-folder tree (one sub-folder per class) into RecordIO for ImageNet training"),
+    "data": ("train.data.download", "download and verify the CIFAR-10 / CIFAR-100 archives"),
     "detect": ("detection.cli", "Faster R-CNN on VOC with a distilled Inception-BN backbone"),
     "voc-eval": ("tools.voc_eval", "VOC07 11-point / VOC10 AUC mAP of detections against VOC annotations"),
     "tsne": ("tools.tsne", "t-SNE of teacher vs student neuron selectivity patterns (the paper's Fig. 5)"),

@@ -41,8 +41,8 @@ if [ $quick = 1 ] && [ -z "$root" ]; then
   root="$tiny/data"
   if [ ! -f "$root/val.idx" ] || [ ! -f "$root/classes.txt" ]; then
     echo "table3 --quick: writing a tiny ImageNet-style folder to $tiny/images and packing it"
-    "$PY" -c "from train.pack import make_tiny_imagenet; make_tiny_imagenet('$tiny/images', classes=12, per_class=40, size=64, seed=0, source='photos')"
-    "$PY" -m train.pack "$tiny/images" "$root" --val-fraction 0.25 --resize 72 --threads 2 --no-progress
+    "$PY" -c "from train.data.pack import make_tiny_imagenet; make_tiny_imagenet('$tiny/images', classes=12, per_class=40, size=64, seed=0, source='photos')"
+    "$PY" -m train.data.pack "$tiny/images" "$root" --val-fraction 0.25 --resize 72 --threads 2 --no-progress
   fi
   args+=(--root "$root")
 fi

@@ -25,7 +25,7 @@ Example (the network loads its own weights, so a config needs no
       - {loss: nst_poly, weight: 25, student: in5b_bn, teacher: bn1_output}
 
 Input: the data pipelines feed images normalised with fb.resnet's mean/std
-(:data:`train.imagenet.MEAN_RGB`, ``STD_RGB``).  A checkpoint trained on other
+(:data:`train.data.recordio.MEAN_RGB`, ``STD_RGB``).  A checkpoint trained on other
 inputs declares them with ``input_mean`` / ``input_std`` (RGB, 0-255 pixel
 units) and the network converts: the original implementation's ResNet symbols
 normalise raw 0-255 pixels in their own ``bn_data`` layer, hence

@@ -1,5 +1,7 @@
-"""Inception-BN (Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
-Training by Reducing Internal Covariate Shift", ICML 2015): the NST students.
+"""Inception-BN, the NST students: the ImageNet network and its CIFAR variant.
+
+Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
+Reducing Internal Covariate Shift", ICML 2015.
 
 The layouts are those of MXNet's example ``symbols/inception-bn.py``: the
 ImageNet network (:class:`InceptionBN`, ``inception_bn``) and its CIFAR

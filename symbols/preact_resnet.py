@@ -1,5 +1,7 @@
-"""Pre-activation ResNets (He, Zhang, Ren & Sun 2016b, "Identity Mappings in Deep
-Residual Networks", ECCV 2016, arXiv:1603.05027): the NST teachers.
+"""Pre-activation ResNets, the NST teachers: CIFAR (depth 9n+2, e.g. ResNet-1001) and ImageNet.
+
+He, Zhang, Ren & Sun 2016b, "Identity Mappings in Deep Residual Networks",
+ECCV 2016, arXiv:1603.05027.
 
 Both families are built from GluonCV's
 :class:`gluoncv.model_zoo.resnet.BottleneckV2`, the pre-activation bottleneck

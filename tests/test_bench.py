@@ -3,7 +3,7 @@
 One ``nst bench --quick --json --repeat 1`` through :func:`nst.cli.main` (all
 four benchmarks at their smallest workloads).  Only that the required figures
 exist and are finite and positive is checked -- never a timing threshold: the
-numbers themselves belong to the README's Performance section, measured by a
+numbers themselves belong to docs/performance.md (the headline in the README), measured by a
 full ``nst bench`` on a quiet machine.
 """
 

@@ -8,7 +8,8 @@ import yaml
 
 from nst.errors import NSTError
 from train.config import load_config, validate_config
-from train.experiments import CONFIG_DIR, load_tables, row_config, table_spec
+from train.experiments import row_config
+from train.report.tables import CONFIG_DIR, load_tables, table_spec
 
 MINIMAL = {"name": "x", "epochs": 1, "data": {"dataset": "digits"},
            "student": {"network": "inception_bn_small"}}

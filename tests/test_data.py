@@ -1,5 +1,5 @@
-"""train/data.py: CIFAR loading (real subset + crafted files), augmentation,
-batch iteration and the digits dataset."""
+"""train/data/ (cifar, digits, datasets, augment, batches): CIFAR loading (real subset +
+crafted files), augmentation, batch iteration and the digits dataset."""
 
 import os
 import pickle
@@ -588,7 +588,7 @@ def _matching_crops(data, images, mean, std):
 @pytest.mark.parametrize("flip", [False, True])
 def test_flip_setting_of_a_config_reaches_the_batches(tmp_path, make_cifar10, flip):
     """``data.flip: false`` (augment on): every training image is an unflipped pad-crop."""
-    from train.batches import build_batches
+    from train.data import build_batches
     from train.config import validate_config
     root = make_cifar10(tmp_path / "root", per_file=8, test=2, seed=5)
     cfg = validate_config({"name": "f", "epochs": 1, "student": {"network": "x"},

@@ -21,7 +21,7 @@ import mxnet as mx
 import numpy as np
 import yaml
 
-from train.batches import build_batches
+from train.data import build_batches
 from train.config import validate_config
 from train.devices import parse_contexts
 from train.launch import launch

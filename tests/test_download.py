@@ -14,7 +14,7 @@ import pytest
 from nst.cli import main
 from nst.errors import NSTError
 from train import data as D
-from train import download as DL
+from train.data import download as DL
 
 
 def _md5(path):

@@ -487,7 +487,7 @@ def test_fsp_weight_one_is_repdistillers_sum_of_pairs():
 # ================================================ 7./8. teachers and recipes
 
 def test_table_output_prints_the_teacher_recipes_published_result():
-    from train.experiments import format_table
+    from train.report.tables import format_table
 
     text = format_table("table1", {"cifar10": {"teacher": {"test_top1_err": 5.0}}})
     line = next(l for l in text.splitlines() if l.startswith("Teacher ResNet-1001:"))
@@ -497,7 +497,8 @@ def test_table_output_prints_the_teacher_recipes_published_result():
 
 
 def test_table3_uses_the_authors_checkpoint_teacher_by_default(tmp_path):
-    from train.experiments import row_config, table_spec, trains_teacher_row
+    from train.experiments import row_config, trains_teacher_row
+    from train.report.tables import table_spec
 
     spec = table_spec("table3")
     row = next(r for r in spec["rows"] if r["key"] == "kd_nst")

@@ -20,10 +20,10 @@ import yaml
 import symbols
 from nst import cli
 from nst.errors import NSTError
-from train import imagenet
+from train.data import recordio as imagenet
 from train.config import load_config, validate_config
 from train.devices import parse_contexts
-from train.pack import list_classes, make_tiny_imagenet, pack
+from train.data.pack import list_classes, make_tiny_imagenet, pack
 from train.trainer import Distiller
 
 CLASSES, PER_CLASS = 4, 12
@@ -460,7 +460,8 @@ def test_corrupt_image_data_found_while_reading(packed, tmp_path, capsys):
 
 def test_nst_pack_command(tiny_images, packed, tmp_path, capsys, monkeypatch):
     """``nst pack`` (registered as in nst/cli.py) packs, verifies and reports errors in one line."""
-    monkeypatch.setitem(cli.COMMANDS, "pack", ("train.pack", "pack image folders into RecordIO"))
+    monkeypatch.setitem(cli.COMMANDS, "pack",
+                        ("train.data.pack", "pack image folders into RecordIO"))
     out = tmp_path / "out"
     assert cli.main(["pack", tiny_images, str(out), "--val-fraction", "0.5", "--resize", "32",
                      "--threads", "2", "--no-progress"]) == 0
@@ -489,7 +490,7 @@ def test_nst_pack_command(tiny_images, packed, tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------ configs, table
 def test_imagenet_configs_follow_the_paper():
-    from train.experiments import CONFIG_DIR, table_spec
+    from train.report.tables import CONFIG_DIR, table_spec
 
     spec = table_spec("table3")
     rows = {r["key"]: r for r in spec["rows"]}
@@ -535,7 +536,7 @@ def test_imagenet_configs_follow_the_paper():
 def test_table3_printout():
     measured = {"student": {"test_top1_err": 26.0, "test_top5_err": 8.5},
                 "kd_nst": {"test_top1_err": 24.0, "test_top5_err": None}}
-    from train.experiments import format_table
+    from train.report.tables import format_table
     text = format_table("table3", {"imagenet": measured})
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
     assert "| 25.74 | 26.00 | +0.26 | 8.07 | 8.50 | +0.43 |" in lines["Student"]

@@ -346,7 +346,7 @@ def test_check_machine_names_what_changed_and_what_to_do(tmp_path):
 # ------------------------------------------- 4. the teacher checked before it teaches
 def _numpy_teacher_errors(teacher_path, cfg_path):
     """Top-1/top-5 error of the teacher on the run's test split, counted with NumPy."""
-    from train.batches import build_batches
+    from train.data import build_batches
     from train.config import load_config
 
     cfg = load_config(cfg_path)
@@ -419,7 +419,7 @@ def test_a_resumed_run_does_not_re_evaluate_the_teacher(tmp_path, teacher_params
 
 
 def test_tables_show_the_teacher_check_line():
-    from train.experiments import format_table
+    from train.report.tables import format_table
 
     good = {"top1_err": 5.25, "top5_err": 0.5, "images": 10000, "checkpoint": "t.params",
             "warning": None}

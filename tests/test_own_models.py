@@ -224,7 +224,7 @@ def test_export_round_trip(user_run, tmp_path, capsys):
     imported = gluon.SymbolBlock.imports(symbol_file, ["data"], params_file)
     trained = UserNet(classes=3, width=4)
     trained.load_parameters(str(user_run / "student.params"))
-    from train.folder import FolderBatches, FolderSamples, list_folder
+    from train.data.folder import FolderBatches, FolderSamples, list_folder
     _, items = list_folder(os.path.join(os.path.dirname(str(user_run)), "photos", "val"))
     data, _ = next(FolderBatches(FolderSamples(items, False, SIZE, 36), 6, False).iter_epoch(0))
     np.testing.assert_allclose(imported(data).asnumpy(), trained(data).asnumpy(),
@@ -301,7 +301,7 @@ def test_candidate_pairs_are_equal_or_integer_ratio():
 
 # ------------------------------------------------------------- image folders
 def test_folder_layouts_split_and_class_names(tmp_path):
-    from train.folder import folder_source
+    from train.data.folder import folder_source
 
     flat = make_folder(tmp_path / "flat", per_class=8)
     dcfg = validate_config(folder_config(flat, tmp_path / "o", GLUON_STUDENT))["data"]
@@ -329,7 +329,7 @@ def test_folder_layouts_split_and_class_names(tmp_path):
 
 
 def test_folder_batches_are_deterministic_across_workers_and_epochs(folder):
-    from train.folder import FolderBatches, FolderSamples, list_folder
+    from train.data.folder import FolderBatches, FolderSamples, list_folder
 
     _, items = list_folder(folder)
     batches = {}

@@ -20,6 +20,7 @@ import pytest
 
 from nst.errors import NSTError
 from train import experiments
+from train.report.tables import table_spec
 from train.seeds import aggregate_rows, paired_difference, parse_seeds, summarise
 
 T_975_2 = 4.302652729911275      # Student's t, 97.5% quantile, 2 degrees of freedom (table value)
@@ -72,7 +73,7 @@ def test_aggregate_rows_keeps_teacher_apart_and_baseline_at_zero():
 
 
 def test_table_over_seeds_markdown_and_json(tmp_path):
-    spec = experiments.table_spec("cifar10_subset")
+    spec = table_spec("cifar10_subset")
     by_seed = {}
     for seed, (s_err, k_err) in enumerate([(31.0, 29.0), (33.0, 32.0), (32.0, 30.0)]):
         by_seed[seed] = {"teacher": {"test_top1_err": 20.0, "student": "preact_resnet20_cifar"},
@@ -91,7 +92,8 @@ def test_table_over_seeds_markdown_and_json(tmp_path):
 
 
 def test_mean_curves_and_seed_folders(tmp_path):
-    from tools.curves import make_curves_figure, mean_curves, seed_runs
+    from tools.curves import make_curves_figure, seed_runs
+    from train.report.curves import mean_curves
 
     logs = [[{"epoch": 1, "train_top1_err": 60.0 + s, "test_top1_err": 50.0 + 2 * s},
              {"epoch": 2, "train_top1_err": 40.0 + s, "test_top1_err": 30.0 + 2 * s}]
@@ -132,7 +134,7 @@ def test_same_seed_same_init_and_data_order_in_every_row(make_cifar10, tmp_path)
     teacher(mx.nd.zeros((1, 3, 32, 32)))
     params = str(tmp_path / "teacher.params")
     teacher.save_parameters(params)
-    spec = experiments.table_spec("cifar10_subset")
+    spec = table_spec("cifar10_subset")
 
     def state(key, seed):
         d = _distiller(spec, key, root, tmp_path / "runs", seed, params)

@@ -1,8 +1,8 @@
 """``nst curves``: train (dashed) and test (solid) error of several runs on one plot (Figs. 3, 4).
 
 Reads each run folder's ``log.json`` (the per-epoch records ``nst train``
-writes) and draws them with :func:`tools.plots.plot_error_curves`, one colour
-per run.  The JSON beside the PNG holds, per run, the last epoch's train and
+writes) and draws them with :func:`train.report.curves.plot_error_curves`, one
+colour per run.  The JSON beside the PNG holds, per run, the last epoch's train and
 test error, the best test error and its epoch, and the run's
 ``results.json`` when it has finished.  ``--metric top5_err`` needs runs on
 more than 10 classes (top-5 is recorded only then).
@@ -11,8 +11,8 @@ more than 10 classes (top-5 is recorded only then).
 
 A run folder trained with several seeds (``nst table NAME --seeds 0,1,2``
 writes ``<row>/seed0``, ``<row>/seed1``, ...) is drawn as the **mean over its
-seeds** (:func:`mean_curves`), train dashed and test solid as before, with a
-shaded band of ± one standard deviation of the test error across seeds (the
+seeds** (:func:`train.report.curves.mean_curves`), train dashed and test solid
+as before, with a shaded band of ± one standard deviation of the test error across seeds (the
 whole min-max range with two seeds); the JSON then also holds the per-epoch
 mean and std and each seed's final error.
 
@@ -24,33 +24,11 @@ import os
 from nst.errors import NSTError
 from nst.io import read_json, write_json
 
-from .plots import plot_error_curves
+from train.report.curves import plot_error_curves, plot_mean_curves, read_history
 
-__all__ = ["read_history", "summarise", "seed_runs", "mean_curves", "plot_mean_curves",
-           "make_curves_figure", "add_arguments", "run"]
+__all__ = ["summarise", "seed_runs", "make_curves_figure", "add_arguments", "run"]
 
 METRICS = ("top1_err", "top5_err")
-
-
-def read_history(run):
-    """The per-epoch records of a run folder's ``log.json``."""
-    if not os.path.isdir(run):
-        raise NSTError("run folder %s does not exist; give folders written by `nst train` "
-                       "(e.g. runs/demo/nst_poly)" % run)
-    path = os.path.join(run, "log.json")
-    if not os.path.isfile(path):
-        raise NSTError("run folder %s has no log.json: it has not finished an epoch yet, or it "
-                       "is not a run folder of `nst train`; train it (nst train CONFIG) or "
-                       "leave it out" % run)
-    history = read_json(path, "training log", "the run folder is damaged: retrain the run "
-                        "or leave it out")
-    if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r
-                                                for r in history):
-        raise NSTError("%s is not a list of per-epoch records with an `epoch`; it was not "
-                       "written by `nst train`" % path)
-    if not history:
-        raise NSTError("%s is empty: the run has not finished an epoch yet" % path)
-    return history
 
 
 def summarise(history, metric="top1_err"):
@@ -77,82 +55,6 @@ def seed_runs(run):
         if name.startswith("seed") and name[4:].isdigit() and os.path.isdir(path):
             found.append((int(name[4:]), path))
     return [path for _, path in sorted(found)]
-
-
-def mean_curves(histories, metric="top1_err"):
-    """Per-epoch mean and sample std over seeds of the train and test ``metric``.
-
-    ``histories``: one ``log.json`` list per seed.  An epoch counts where every
-    seed has the value (runs cut short give the common prefix).  Returns
-    ``{"epochs", "train_mean", "train_std", "test_epochs", "test_mean",
-    "test_std", "test_min", "test_max", "seeds"}`` (std 0 for one seed).
-    """
-    import numpy as np
-
-    def table(kind):
-        per_seed = [{r["epoch"]: r[kind + "_" + metric] for r in h
-                     if r.get(kind + "_" + metric) is not None} for h in histories]
-        epochs = sorted(set.intersection(*[set(p) for p in per_seed])) if per_seed else []
-        values = np.array([[p[e] for e in epochs] for p in per_seed], dtype=float)
-        return epochs, values
-
-    out = {"seeds": len(histories)}
-    for kind in ("train", "test"):
-        epochs, values = table(kind)
-        ddof = 1 if len(histories) > 1 else 0
-        out[kind + "_epochs"] = epochs
-        out[kind + "_mean"] = values.mean(axis=0).tolist() if epochs else []
-        out[kind + "_std"] = values.std(axis=0, ddof=ddof).tolist() if epochs else []
-        if kind == "test":
-            out["test_min"] = values.min(axis=0).tolist() if epochs else []
-            out["test_max"] = values.max(axis=0).tolist() if epochs else []
-    out["epochs"] = out.pop("train_epochs")
-    return out
-
-
-def plot_mean_curves(groups, path, title=None, metric="top1_err", size=(7.0, 4.5), dpi=100):
-    """Fig. 3 over seeds: per group, mean train (dashed) and test (solid) error over its
-    seeds, and a band of ± one std of the test error (min-max with two seeds).
-
-    ``groups``: ``{label: [history per seed]}``; returns ``{label: mean_curves(...)}``.
-    """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .plots import finish_error_plot
-
-    fig, ax = plt.subplots(figsize=size, dpi=dpi)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    finals, summary = [], {}
-    for index, (label, histories) in enumerate(groups.items()):
-        colour = colours[index % len(colours)]
-        curves = mean_curves(histories, metric)
-        summary[label] = curves
-        if curves["epochs"]:
-            ax.plot(curves["epochs"], curves["train_mean"], linestyle="--", color=colour,
-                    linewidth=1.2, alpha=0.8)
-        if curves["test_epochs"]:
-            mean = np.array(curves["test_mean"])
-            if len(histories) == 2:
-                low, high = np.array(curves["test_min"]), np.array(curves["test_max"])
-            else:
-                std = np.array(curves["test_std"])
-                low, high = mean - std, mean + std
-            ax.fill_between(curves["test_epochs"], low, high, color=colour, alpha=0.18,
-                            linewidth=0)
-            ax.plot(curves["test_epochs"], mean, linestyle="-", color=colour, linewidth=2.0,
-                    label="%s (%d seed%s)" % (label, len(histories),
-                                              "" if len(histories) == 1 else "s"))
-            finals.append((mean[-1], curves["test_epochs"][-1], colour))
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    finish_error_plot(fig, ax, finals, metric,
-                      title or "mean over seeds: train (dashed) and test (solid) error",
-                      [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3"),
-                       Patch(color="0.3", alpha=0.18)],
-                      ["train, mean (dashed)", "test, mean (solid)", "test ± 1 std over seeds"],
-                      path)
-    return summary
 
 
 def _default_labels(runs):

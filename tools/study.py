@@ -52,7 +52,7 @@ CURVE_ROWS = ("student", "kd", "fitnet", "at", "nst_linear", "nst_poly", "nst_ga
 
 
 def _repo():
-    from train.experiments import REPO
+    from train.report.tables import REPO
     return REPO
 
 
@@ -63,7 +63,7 @@ def nst_executable():
 
 
 def _spec():
-    from train.experiments import table_spec
+    from train.report.tables import table_spec
     return table_spec(TABLE)
 
 

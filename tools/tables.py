@@ -3,10 +3,11 @@
 Nothing is trained here: the tool reads the ``results.json`` of every row
 that has finished and renders the paper's tables with the published number,
 the measured one and the difference, using the renderers the table runners
-use (:func:`train.experiments.format_table` for Tables 1-3, with top-1 and
-top-5 columns for Table 3, :func:`detection.table4.format_table4` for Table 4), so ``nst tables`` prints
-exactly what ``nst table`` / ``nst detect table4`` print.  The paper's numbers
-are data: ``configs/tables.yaml`` (Tables 1-3, with their sources) and
+use (:mod:`train.report.tables`: :func:`~train.report.tables.format_table` for
+Tables 1-3, with top-1 and top-5 columns for Table 3,
+:func:`~train.report.tables.format_table4` for Table 4), so ``nst tables``
+prints exactly what ``nst table`` / ``nst detect table4`` print.  The paper's
+numbers are data: ``configs/tables.yaml`` (Tables 1-3, with their sources) and
 ``configs/voc/table4.yaml`` (Table 4).
 
 Where the results are read:
@@ -28,7 +29,9 @@ import os
 
 from nst.errors import NSTError
 from nst.io import read_json, write_json, write_text
-from train.experiments import QUICK_NOTE
+from train.experiments import row_out
+from train.report.tables import QUICK_NOTE, format_table, format_table4, load_table4, \
+    load_tables, table_spec
 
 __all__ = ["collect_table", "collect_table4", "render", "make_tables", "add_arguments", "run"]
 
@@ -59,8 +62,6 @@ def _progress(folder):
 
 def collect_table(name, runs_root, datasets=None):
     """``({dataset: {row key: results}}, [(method, dataset, progress), ...])`` of table ``name``."""
-    from train.experiments import row_out, table_spec
-
     spec = table_spec(name)
     measured, running = {}, []
     for ds in datasets or spec["datasets"]:
@@ -80,9 +81,7 @@ def collect_table(name, runs_root, datasets=None):
 
 def collect_table4(voc_root):
     """``({row key: results}, running)`` of Table 4 from ``<voc_root>/<key>/results.json``."""
-    from detection.table4 import load_table
-
-    spec = load_table()
+    spec = load_table4()
     results, running = {}, []
     for row in spec["rows"]:
         folder = os.path.join(voc_root, row["key"])
@@ -101,16 +100,12 @@ def _running_note(running):
 
 
 def _render_table(name, measured):
-    """Tables 1-3 (or the demo's) via train.experiments.format_table."""
-    from train.experiments import format_table
-
+    """Tables 1-3 (or the demo's) via train.report.tables.format_table."""
     return format_table(name, measured, list(measured))
 
 
 def render(tables, runs_root, voc_root, quick=False):
     """``(markdown, measured)`` for the named tables."""
-    from train.experiments import load_tables
-
     defined = load_tables()
     parts, measured = ["# Measured results beside the paper's"], {}
     if quick:
@@ -124,8 +119,6 @@ def render(tables, runs_root, voc_root, quick=False):
                  % " and ".join(where))
     for name in tables:
         if name == "table4":
-            from detection.table4 import format_table4
-
             results, running = collect_table4(voc_root)
             measured[name] = results
             parts.append("\n".join([format_table4(results, quick=quick)]

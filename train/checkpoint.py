@@ -13,15 +13,12 @@ transfer losses that learn (FitNet's regressor ...), the optimiser state
 the epoch), the running sums of the epoch's metrics and the RNG state.
 """
 
-import contextlib
 import os
-import signal
 
 import numpy as np
 
 from nst.errors import NSTError
 from nst.io import atomic_path, read_json, remove_stale_temporaries, write_json
-from nst.runtime import runtime_info
 
 MANIFEST = "checkpoint.json"
 FOLDER = "checkpoints"
@@ -100,7 +97,7 @@ class CheckpointClock:
     steps as an uninterrupted one) and/or every ``every_minutes`` of wall time
     since the last checkpoint (``train.checkpoint_every_steps`` /
     ``train.checkpoint_every_minutes``; None or 0 switches either off).  The epoch
-    end always writes one (:func:`run_epochs`)."""
+    end always writes one (:mod:`train.epochs`)."""
 
     def __init__(self, every_steps=None, every_minutes=None, clock=None):
         import time
@@ -170,27 +167,6 @@ def prepare_run_folder(out_dir):
         remove_stale_temporaries(folder)
 
 
-@contextlib.contextmanager
-def stop_requests(owner):
-    """While active, SIGTERM and SIGINT set ``owner._stop_signal`` instead of
-    killing the process, so the training loop can finish its step, write a
-    checkpoint and return; the previous handlers are restored afterwards."""
-    def handler(signum, _frame):
-        owner._stop_signal = signum
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: signals stay with their owner
-            pass
-    try:
-        yield
-    finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
-
-
 def machine_state(devices, device_type, num_workers, global_batch, steps_per_epoch):
     """What a checkpoint records about the machine it was written on (see
     :func:`check_machine`)."""
@@ -252,36 +228,3 @@ def _share(state):
     per = state["global_batch"] // state["num_workers"]
     low, extra = divmod(per, state["devices"])
     return str(low) if not extra else "%d-%d" % (low, low + 1)
-
-
-def resume_position(manifest, history):
-    """``(start_epoch, start_step, epoch_sums, history)`` to continue from ``manifest``;
-    log records past the checkpoint are dropped, so every epoch is logged once."""
-    if manifest is None:
-        return 0, 0, None, []
-    set_numpy_rng_state(manifest.get("numpy_rng"))
-    start_epoch = manifest["epoch"]
-    return (start_epoch, manifest["step_in_epoch"], manifest.get("epoch_sums"),
-            [r for r in history if r["epoch"] <= start_epoch])
-
-
-def run_epochs(runner, start_epoch, start_step, sums, history, epochs):
-    """The epoch loop both trainers share: ``runner._train_epoch(epoch, step, sums)``
-    returns an epoch's log record (None when a stop signal checkpointed mid-epoch);
-    after each epoch the log is written, then ``runner._save(epoch + 1, 0, None)``.
-    Returns the history, or None when stopped."""
-    from train.runlog import write_log
-
-    with stop_requests(runner):
-        for epoch in range(start_epoch, epochs):
-            first = epoch == start_epoch
-            record = runner._train_epoch(epoch, start_step if first else 0,
-                                         sums if first else None)
-            if record is None:  # stopped by a signal: the checkpoint is written
-                return None
-            runtime = runtime_info()  # per epoch: a resumed run may run on another machine
-            record["engine"], record["omp_threads"] = runtime["engine"], runtime["omp_threads"]
-            history.append(record)
-            write_log(runner.out, history)
-            runner._save(epoch + 1, 0, None)
-    return history

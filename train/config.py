@@ -67,7 +67,7 @@ SCHEMA = {
         "image_size": (int, 224),
         "val_resize": (int, 256),
         "threads": (int, 4),
-        # image folders (dataset: folder): val_fraction, split_seed, corrupt (train.folder)
+        # image folders (dataset: folder): val_fraction, split_seed, corrupt (train.data.folder)
         "folder": (dict, {}),
     },
     "student": {

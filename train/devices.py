@@ -9,7 +9,7 @@ kvstore:
 - ``nccl``: NVIDIA NCCL all-reduce (``mxnet-cu112`` builds with NCCL).
 - ``local``: gradients summed on the CPU.
 - ``dist_sync``: synchronous parameter-server training across machines
-  (see README, "Several machines").  Each worker reads its own shard of the
+  (see docs/training.md, "Several machines").  Each worker reads its own shard of the
   training data; gradients are summed over all workers every step.
 
 Several ``mx.cpu(i)`` contexts exercise the multi-device code path on a machine

@@ -14,7 +14,7 @@ variables that every process reads when it imports ``mxnet``:
 scheduler, the servers and the workers as local processes on loopback and
 waits for the workers.  On several machines, start the same processes by hand
 (or with MXNet's ``tools/launch.py`` over ssh) with ``DMLC_PS_ROOT_URI`` set to
-the scheduler machine's address; see README, "Several machines".
+the scheduler machine's address; see docs/training.md, "Several machines".
 """
 
 import os

@@ -41,7 +41,8 @@ from nst import faults
 from nst.io import write_json, write_text
 from nst.runtime import runtime_info
 from train import checkpoint as ckpt
-from train.batches import build_batches
+from train import epochs
+from train.data import build_batches
 from train.devices import create_kvstore
 from train.losses import get_loss, loss_class
 from train.rng import seed_step
@@ -580,8 +581,8 @@ class Distiller:
             raise NSTError("%s already holds a run (checkpoint at epoch %d); pass --resume to "
                            "continue it or choose another output folder with --out"
                            % (self.out, manifest["epoch"]))
-        start_epoch, start_step, sums, history = ckpt.resume_position(manifest,
-                                                                      read_log(self.out))
+        start_epoch, start_step, sums, history = epochs.resume_position(
+            manifest, read_log(self.out))
         runtime = runtime_info()
         self.log("CPU runtime: %s, %d OpenMP operator threads (%s)"
                  % (runtime["engine"], runtime["omp_threads"], runtime["omp_threads_source"]))
@@ -602,7 +603,7 @@ class Distiller:
             self.teacher_eval = self.check_teacher()
             self._pretrain_terms()
         self._clock.written()  # the wall-time interval starts with training
-        history = ckpt.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
+        history = epochs.run_epochs(self, start_epoch, start_step, sums, history, cfg["epochs"])
         if history is None:
             return None
         return self._finish(history)
@@ -721,7 +722,7 @@ class Distiller:
 
     def _finish(self, history):
         from nst.io import atomic_path
-        from tools.plots import plot_error_curves
+        from train.report.curves import plot_error_curves
         final_path = os.path.join(self.out, "student.params")
         with atomic_path(final_path) as tmp:
             self.student.save_parameters(tmp)

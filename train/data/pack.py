@@ -6,7 +6,7 @@
              [--quality 95] [--threads N] [--seed 0]
     nst pack --verify OUT_DIR          # check every record of packed files
 
-writes into ``OUT_DIR`` what :mod:`train.imagenet` reads::
+writes into ``OUT_DIR`` what :mod:`train.data.recordio` reads::
 
     train.rec / train.idx   training images, in a seeded shuffled order
     val.rec / val.idx       validation images, class by class
@@ -249,7 +249,7 @@ def decode_all(rec_path, count, threads=4, progress=True):
     """Decode every image of ``rec_path`` (in file order); NSTError at the first bad one."""
     import mxnet as mx
 
-    from train.imagenet import _corrupt
+    from .recordio import _corrupt
 
     reader = mx.recordio.MXRecordIO(rec_path, "r")
     bar = _progress(count, "verify " + os.path.basename(rec_path), progress)
@@ -283,7 +283,7 @@ def decode_all(rec_path, count, threads=4, progress=True):
 def verify(out_dir, threads=4, progress=True, log=print):
     """Check every record of ``out_dir``'s splits (framing, label, image); returns
     ``{split: records}``."""
-    from train.imagenet import SPLITS, check_recordio, read_classes, split_paths
+    from .recordio import SPLITS, check_recordio, read_classes, split_paths
 
     classes = read_classes(out_dir)
     counts = {}
@@ -342,7 +342,7 @@ def _default_cifar_root():
 
 def _cifar_sources(cifar_root, classes, per_class, rng):
     """``classes`` lists of ``per_class`` RGB images, CIFAR-10 class c for class c."""
-    from train.data import load_cifar
+    from .cifar import load_cifar
 
     images, labels = load_cifar(cifar_root, "cifar10", "train")
     if classes > 10:
@@ -462,7 +462,7 @@ def run(args):
 
 
 def main(argv=None):
-    """``python -m train.pack ...``: the same as ``nst pack ...``."""
+    """``python -m train.data.pack ...``: the same as ``nst pack ...``."""
     import argparse
     import sys
 

@@ -29,9 +29,10 @@ import shutil
 import time
 
 from nst.io import write_json, write_text
-from tools.tsne import make_tsne_figure
-from train.experiments import (format_seed_table, row_out, run_table, seed_summary,
-                               table_spec)
+from train.experiments import row_out, run_table, seed_summary
+from train.report.tables import format_seed_table, table_spec
+
+from .tsne import make_tsne_figure
 
 DEFAULT_SEEDS = "0,1,2"
 
@@ -149,7 +150,7 @@ def run(args):
 
 def report(args, seeds, spec, by_seed, tic):
     """Table, reading, curves, t-SNE and demo.json/demo.md of finished demo runs."""
-    from tools.curves import plot_mean_curves, read_history
+    from train.report.curves import plot_mean_curves, read_history
 
     summary = seed_summary("demo", {"digits": by_seed})["digits"]
     teacher_key = summary["teacher"]["key"]

@@ -1,6 +1,6 @@
 """ImageNet (or any image-folder data set packed by ``nst pack``) as RecordIO batches.
 
-The data folder (``data.root``) holds what :mod:`train.pack` writes::
+The data folder (``data.root``) holds what :mod:`train.data.pack` writes::
 
     train.rec  train.idx     training images (JPEG records, shuffled order) + index
     val.rec    val.idx       validation images + index
@@ -368,8 +368,9 @@ def iterator_args(dcfg, train):
 
 
 def record_source(dcfg, seed, local_batch, rank=0, num_workers=1):
-    """The :class:`train.batches.DataSource` of a RecordIO data folder (``data.dataset: imagenet``)."""
-    from train.batches import DataSource
+    """The :class:`~train.data.batches.DataSource` of a RecordIO data folder
+    (``data.dataset: imagenet``)."""
+    from .batches import DataSource
 
     root = dcfg["root"]
     if not os.path.isdir(root):

@@ -14,7 +14,7 @@ in ``data.threads`` worker processes of a ``gluon.data.DataLoader`` (0: in
 the training process); nothing is loaded into memory whole.  ``nst pack``
 stays the way to large sets (RecordIO, ``data.dataset: imagenet``).
 
-Transforms, ImageNet-style (fb.resnet.torch, as :mod:`train.imagenet`):
+Transforms, ImageNet-style (fb.resnet.torch, as :mod:`train.data.recordio`):
 
 - training: random-resized crop (area 8%-100% of the image, aspect ratio
   3/4-4/3, 10 attempts then a centre square) resized to ``data.image_size``;
@@ -50,7 +50,7 @@ import warnings
 import numpy as np
 
 from nst.errors import NSTError
-from train.imagenet import ASPECT_RATIO, COLOR_JITTER, INTERPOLATION, MEAN_RGB, PCA_NOISE, \
+from .recordio import ASPECT_RATIO, COLOR_JITTER, INTERPOLATION, MEAN_RGB, PCA_NOISE, \
     RANDOM_AREA, STD_RGB
 
 __all__ = ["OPTIONS", "folder_source", "list_folder", "split_items", "FolderSamples",
@@ -324,7 +324,7 @@ class _EpochSampler:
 class FolderBatches:
     """``(data, label)`` NDArray batches of a :class:`FolderSamples` through a ``DataLoader``.
 
-    The interface of :class:`train.data.ArrayBatches`: ``len``, ``iter_epoch(epoch,
+    The interface of :class:`train.data.batches.ArrayBatches`: ``len``, ``iter_epoch(epoch,
     start, with_index)``, ``dataset_size``, ``num_samples``, ``set_epoch``.
     Training (``shuffle``) drops the last incomplete batch; validation keeps it.
     """
@@ -378,12 +378,12 @@ class FolderBatches:
 
 # --------------------------------------------------------------------- source
 def folder_source(dcfg, seed, local_batch, rank=0, num_workers=1):
-    """The :class:`train.batches.DataSource` of an image folder (``data.dataset: folder``)."""
-    from train.batches import DataSource
+    """The :class:`~train.data.batches.DataSource` of an image folder (``data.dataset: folder``)."""
+    from .batches import DataSource
 
     opts = _options(dcfg)
     root = dcfg["root"]
-    from train.imagenet import image_sizes
+    from .recordio import image_sizes
 
     size, resize = image_sizes(dcfg)
     split_dirs = [os.path.join(root, s) for s in ("train", "val")]

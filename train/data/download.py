@@ -14,7 +14,7 @@ Steps, each safe to interrupt and re-run:
    repackaged the archive).  A mismatch is an error and nothing is extracted.
 4. Extract only regular files and folders under the expected top folder (no
    absolute paths, no ``..``, no links or devices), into a temporary folder;
-   check the result with :func:`train.data.load_cifar`; write the marker; then
+   check the result with :func:`train.data.cifar.load_cifar`; write the marker; then
    rename the folder into place.
 """
 
@@ -311,7 +311,7 @@ def is_verified(root, name, archive_md5=None):
 
 def _check_readable(root, name):
     """Load both splits and the class names; return image counts or raise NSTError."""
-    from train.data import load_cifar, load_cifar_meta
+    from .cifar import load_cifar, load_cifar_meta
 
     counts = {split: len(load_cifar(root, name, split)[1]) for split in ("train", "test")}
     load_cifar_meta(root, name)

@@ -26,13 +26,14 @@ from train.config import validate_config
 from train.devices import parse_contexts
 from train.launch import launch
 from train.trainer import Distiller
+from trainer_helpers import STUDENT
 
 
 def raw_config(out, **extra):
     cfg = {"name": "sync", "out": str(out), "seed": 1, "epochs": 1,
            "data": {"dataset": "digits", "batch_size": 32, "train_limit": 32,
                     "test_limit": 16, "test_batch_size": 16},
-           "student": {"network": "inception_bn_small", "params": {"width": 0.125}},
+           "student": dict(STUDENT),
            "optimizer": {"lr": 0.1}}
     cfg.update(extra)
     return cfg

@@ -154,7 +154,6 @@ def _mx_inception_bn(classes):
     return x, order
 
 
-
 def _logits_with_mxnet_weights(net, convs, bns, dense, order, args, aux):
     """Load the MXNet-layout weights ``args``/``aux`` into our layers (in ``order``)
     and return our float64 logits on ``args['data']``."""
@@ -184,10 +183,11 @@ def _gluon_layers(block, convs, bns, dense):
             _gluon_layers(child, convs, bns, dense)
 
 
-def test_inception_bn_equals_mxnets_symbol_with_the_same_weights():
-    classes, rng = 10, np.random.RandomState(0)
-    sym, order = _mx_inception_bn(classes)
-    shape = (2, 3, 224, 224)
+def _mxnet_reference(sym, shape, rng):
+    """Random MXNet-layout weights for ``sym`` (He-scaled convolution and FC weights,
+    BN scales in [0.5, 1.5], biases, shifts and means in [-0.2, 0.2], variances in
+    [0.5, 1.5]), a standard-normal input of ``shape``, and the symbol's float64
+    logits on it: ``(args, aux, logits)``."""
     arg_shapes, _, aux_shapes = sym.infer_shape(data=shape)
     args = {}
     for name, s in zip(sym.list_arguments(), arg_shapes):
@@ -207,14 +207,27 @@ def test_inception_bn_equals_mxnets_symbol_with_the_same_weights():
     exe = sym.bind(mx.cpu(), {k: mx.nd.array(v, dtype="float64") for k, v in args.items()},
                    aux_states={k: mx.nd.array(v, dtype="float64") for k, v in aux.items()},
                    grad_req="null")
-    reference = exe.forward(is_train=False)[0].asnumpy()
+    return args, aux, exe.forward(is_train=False)[0].asnumpy()
 
-    net = symbols.get_model("inception_bn", classes=classes)
+
+def _our_float64_net(name, classes, size):
+    """Our network ``name`` in float64, built at ``size`` x ``size``, and its
+    Conv2D / BatchNorm / Dense layers in order: ``(net, convs, bns, dense)``."""
+    net = symbols.get_model(name, classes=classes)
     net.initialize()
     net.cast("float64")
-    net(mx.nd.zeros((1, 3, 224, 224), dtype="float64"))
+    net(mx.nd.zeros((1, 3, size, size), dtype="float64"))
     convs, bns, dense = [], [], []
     _gluon_layers(net, convs, bns, dense)
+    return net, convs, bns, dense
+
+
+def test_inception_bn_equals_mxnets_symbol_with_the_same_weights():
+    classes, rng = 10, np.random.RandomState(0)
+    sym, order = _mx_inception_bn(classes)
+    args, aux, reference = _mxnet_reference(sym, (2, 3, 224, 224), rng)
+
+    net, convs, bns, dense = _our_float64_net("inception_bn", classes, 224)
     data_bn, bns = bns[0], bns[1:]
     assert len(convs) == len(bns) == len(order) and len(dense) == 1
     data_bn.running_var.set_data(mx.nd.full(3, 1.0 - data_bn._kwargs["eps"], dtype="float64"))
@@ -247,25 +260,9 @@ def test_inception_bn_small_equals_mxnets_28_small_symbol():
         x = simple(x, *args, name=name) if kind == "simple" else down(x, *args, name=name)
     x = mx.sym.Pooling(data=x, kernel=(7, 7), pool_type="avg")
     sym = mx.sym.FullyConnected(data=mx.sym.Flatten(x), num_hidden=classes, name="fc1")
-    shape = (3, 3, 28, 28)
-    arg_shapes, _, aux_shapes = sym.infer_shape(data=shape)
-    args = {n: (rng.standard_normal(s) * (math.sqrt(2.0 / np.prod(s[1:])) if len(s) > 1 else 1)
-                if n == "data" or n.endswith("_weight") else
-                rng.uniform(0.5, 1.5, s) if n.endswith("_gamma") else rng.uniform(-0.2, 0.2, s))
-            for n, s in zip(sym.list_arguments(), arg_shapes)}
-    aux = {n: rng.uniform(-0.2, 0.2, s) if n.endswith("_mean") else rng.uniform(0.5, 1.5, s)
-           for n, s in zip(sym.list_auxiliary_states(), aux_shapes)}
-    exe = sym.bind(mx.cpu(), {k: mx.nd.array(v, dtype="float64") for k, v in args.items()},
-                   aux_states={k: mx.nd.array(v, dtype="float64") for k, v in aux.items()},
-                   grad_req="null")
-    reference = exe.forward(is_train=False)[0].asnumpy()
+    args, aux, reference = _mxnet_reference(sym, (3, 3, 28, 28), rng)
 
-    net = symbols.get_model("inception_bn_small", classes=classes)
-    net.initialize()
-    net.cast("float64")
-    net(mx.nd.zeros((1, 3, 28, 28), dtype="float64"))
-    convs, bns, dense = [], [], []
-    _gluon_layers(net, convs, bns, dense)
+    net, convs, bns, dense = _our_float64_net("inception_bn_small", classes, 28)
     assert len(convs) == len(bns) == len(order)
     ours = _logits_with_mxnet_weights(net, convs, bns, dense, order, args, aux)
     assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max()

@@ -26,6 +26,7 @@ from train.losses import (ABLoss, CCLoss, PKTLoss, RKDLoss, SPLoss, VIDLoss, get
                           list_losses)
 from train.trainer import Distiller
 from loss_helpers import nd, make_loss, run, fd_check
+from trainer_helpers import STUDENT, TEACHER
 
 NAMES = ("sp", "ab", "rkd", "pkt", "cc", "vid")
 RELATIONAL = ("sp", "rkd", "pkt", "cc")
@@ -532,8 +533,6 @@ def test_bad_inputs_raise_nsterror():
 # ====================================================== through the trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TEACHER = {"network": "preact_resnet11_cifar", "params": {"width": 0.25}}
-STUDENT = {"network": "inception_bn_small", "params": {"width": 0.125}}
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from train.config import validate_config
 from train.devices import parse_contexts
 from train.trainer import Distiller
 
-from trainer_helpers import TEACHER, save_random_teacher
+from trainer_helpers import STUDENT, TEACHER, save_random_teacher
 KD_WEIGHT, NST_WEIGHT, TEMPERATURE = 3.0, 7.0, 4.0
 BATCH = 16
 
@@ -38,7 +38,7 @@ def make_distiller(out, teacher_params, cpus):
         "name": "objective", "out": str(out), "seed": 2, "epochs": 1,
         "data": {"dataset": "digits", "batch_size": BATCH, "train_limit": BATCH,
                  "test_limit": 16, "test_batch_size": 16},
-        "student": {"network": "inception_bn_small", "params": {"width": 0.125}},
+        "student": dict(STUDENT),
         "teacher": dict(TEACHER, checkpoint=teacher_params),
         "transfer": [
             {"loss": "kd", "weight": KD_WEIGHT, "student": "logits", "teacher": "logits",

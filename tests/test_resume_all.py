@@ -24,7 +24,7 @@ from train.config import validate_config
 from train.devices import parse_contexts
 from train.trainer import Distiller
 
-from trainer_helpers import TEACHER, save_random_teacher
+from trainer_helpers import STUDENT, TEACHER, save_random_teacher
 STEPS_PER_EPOCH = 6
 
 
@@ -39,7 +39,7 @@ def make_config(out, teacher_params, transfer, epochs=2):
         "name": "resume", "out": str(out), "seed": 5, "epochs": epochs,
         "data": {"dataset": "digits", "batch_size": 16, "train_limit": 96,
                  "test_limit": 32, "test_batch_size": 32},
-        "student": {"network": "inception_bn_small", "params": {"width": 0.125}},
+        "student": dict(STUDENT),
         "teacher": dict(TEACHER, checkpoint=teacher_params),
         "transfer": transfer,
         "optimizer": {"lr": 0.05, "lr_steps": [1]},

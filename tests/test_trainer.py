@@ -19,7 +19,7 @@ from nst.errors import NSTError
 from train import checkpoint as ckpt
 from train.devices import parse_contexts
 from train.trainer import Distiller
-from trainer_helpers import TEACHER, base_config
+from trainer_helpers import STUDENT, TEACHER, base_config
 
 
 def write_config(path, cfg):
@@ -419,7 +419,7 @@ def digits_config(out, **extra):
     cfg = {"name": "d", "out": str(out), "seed": 4, "epochs": 3,
            "data": {"dataset": "digits", "batch_size": 16, "train_limit": 48,
                     "test_limit": 16, "test_batch_size": 16},
-           "student": {"network": "inception_bn_small", "params": {"width": 0.125}},
+           "student": dict(STUDENT),
            "train": {"eval_every": 10}}
     cfg.update(extra)
     return load_config_dict(cfg)

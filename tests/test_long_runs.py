@@ -222,7 +222,7 @@ def test_sigkill_twice_mid_epoch_resumes_from_step_checkpoints_bitwise(tmp_path,
     steps 4 and 7, i.e. mid-epoch 1 and mid-epoch 2 -- each time the last mid-epoch
     checkpoint (steps 2 and 6) is where the run continues, and the run still ends
     bitwise equal to an uninterrupted one, its log identical too."""
-    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": None,
+    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": 0,
              "keep_checkpoints": 2}
     ref_cfg, ref_out = write_config(tmp_path, "reference", teacher_params, train=train)
     done = nst(["train", ref_cfg, "--no-progress"])
@@ -246,7 +246,7 @@ def test_sigkill_mid_epoch_resumes_from_a_clock_checkpoint_bitwise(tmp_path, tea
     (every log_interval = 2 steps) checkpoints; two SIGKILLs mid-epoch, then bitwise
     equal to an uninterrupted run without mid-epoch checkpoints."""
     ref_cfg, ref_out = write_config(tmp_path, "reference", teacher_params,
-                                    train={"checkpoint_every_minutes": None})
+                                    train={"checkpoint_every_minutes": 0})
     assert nst(["train", ref_cfg, "--no-progress"]).returncode == 0
     cfg, out = write_config(tmp_path, "clock", teacher_params,
                             train={"checkpoint_every_minutes": 1e-6})
@@ -288,7 +288,7 @@ def test_resume_on_more_devices_with_the_same_global_batch_continues_and_says_so
     """Killed mid-epoch on one device, resumed on two (--cpus 2): the run continues
     from the checkpoint's step with the same global batch and schedule, and the log
     says what changed; its second epoch sees all 320 images at the scheduled lr."""
-    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": None}
+    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": 0}
     cfg, out = write_config(tmp_path, "devices", train=train)
     killed = nst(["train", cfg, "--no-progress"], {"NST_FAULT": "step@7"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -310,7 +310,7 @@ def test_resume_on_more_devices_with_the_same_global_batch_continues_and_says_so
 
 
 def test_resume_with_another_global_batch_is_one_clear_error(tmp_path):
-    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": None}
+    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": 0}
     cfg, out = write_config(tmp_path, "batch", train=train)
     killed = nst(["train", cfg, "--no-progress"], {"NST_FAULT": "step@3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -402,7 +402,7 @@ def test_teacher_evaluation_changes_nothing_trained_and_can_be_skipped(tmp_path,
 def test_a_resumed_run_does_not_re_evaluate_the_teacher(tmp_path, teacher_params):
     """Killed mid-epoch and resumed, the run keeps the first evaluation (stored in the
     checkpoint) instead of evaluating again."""
-    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": None}
+    train = {"checkpoint_every_steps": 2, "checkpoint_every_minutes": 0}
     cfg, out = write_config(tmp_path, "distil", teacher_params, train=train)
     killed = nst(["train", cfg, "--no-progress"], {"NST_FAULT": "step@3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

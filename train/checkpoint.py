@@ -96,8 +96,9 @@ class CheckpointClock:
     (counted from the start of training, so a resumed run checkpoints at the same
     steps as an uninterrupted one) and/or every ``every_minutes`` of wall time
     since the last checkpoint (``train.checkpoint_every_steps`` /
-    ``train.checkpoint_every_minutes``; None or 0 switches either off).  The epoch
-    end always writes one (:mod:`train.epochs`)."""
+    ``train.checkpoint_every_minutes``; 0 or None switches either off -- in a
+    config a null means the key's default, so 0 is how a config switches the
+    clock off).  The epoch end always writes one (:mod:`train.epochs`)."""
 
     def __init__(self, every_steps=None, every_minutes=None, clock=None):
         import time
@@ -105,8 +106,8 @@ class CheckpointClock:
         for name, value in (("checkpoint_every_steps", every_steps),
                             ("checkpoint_every_minutes", every_minutes)):
             if value is not None and (isinstance(value, bool) or value < 0):
-                raise NSTError("train.%s must be a positive number or null (off), got %r"
-                               % (name, value))
+                raise NSTError("train.%s must be a positive number, or 0 to switch it off, "
+                               "got %r" % (name, value))
         self.every_steps = int(every_steps) if every_steps else None
         self.every_seconds = 60.0 * float(every_minutes) if every_minutes else None
         self.clock = clock or time.monotonic

@@ -111,7 +111,8 @@ SCHEMA = {
         "eval_every": (int, 1),
         "keep_checkpoints": (int, 2),
         # mid-epoch checkpoints (besides each epoch's end), so a SIGKILL loses little:
-        # every N optimiser steps and/or every M minutes of wall time (null: never)
+        # every N optimiser steps and/or every M minutes of wall time (0: never; null, as
+        # for every key, means the default: no step checkpoints, one every 30 minutes)
         "checkpoint_every_steps": (int, None),
         "checkpoint_every_minutes": (NUMBER, 30),
     },

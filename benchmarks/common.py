@@ -17,7 +17,7 @@ import time
 
 import mxnet as mx
 
-from nst.runtime import operator_threads, usable_cores
+from nst.runtime import runtime_info
 
 __all__ = ["BENCHMARKS", "benchmark", "Timer", "environment", "loadavg", "progress"]
 
@@ -131,14 +131,15 @@ def _cpu_model():
 
 def environment():
     """MXNet version, CPU, engine, thread and BLAS settings of this process."""
+    runtime = runtime_info()
     env = {"mxnet": mx.__version__, "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
-           "engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice"),
+           "engine": runtime["engine"],
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            # MXNet's operator threads (nst.runtime.operator_threads): MXNET_OMP_MAX_THREADS,
            # else OMP_NUM_THREADS (nst sets it to the usable cores), else half the CPUs
-           "mxnet_omp_threads": operator_threads()[0],
-           "omp_threads_source": operator_threads()[1],
-           "usable_cores": usable_cores(),
+           "mxnet_omp_threads": runtime["omp_threads"],
+           "omp_threads_source": runtime["omp_threads_source"],
+           "usable_cores": runtime["usable_cores"],
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE")}
     try:  # the OpenBLAS bundled in the mxnet wheel picks its kernels at load time

@@ -26,11 +26,12 @@ import subprocess
 import sys
 
 from benchmarks.common import benchmark, loadavg
+from nst import runtime
 
 __all__ = ["bench_threads", "THREAD_VARIABLES"]
 
 #: removed from the default worker's environment so that nst's own default applies
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS", "NST_OMP_THREADS_DEFAULT")
+THREAD_VARIABLES = runtime.THREAD_VARIABLES + (runtime._MARK,)
 PAIR = {"student": "inception_bn_small", "teacher": None, "classes": 10, "size": 32,
         "batch": 64}
 QUICK_PAIR = dict(PAIR, batch=32)

@@ -11,3 +11,9 @@ class NSTError(Exception):
     """A problem with the user's input or environment, with a clear message."""
 
     exit_code = 2
+
+
+def first_line(err, limit=300):
+    """The first line of an exception's message (its type name when the message is
+    empty), cut to ``limit`` characters: the detail an :class:`NSTError` quotes."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

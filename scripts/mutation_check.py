@@ -111,16 +111,19 @@ MUTATIONS = [
 ]
 
 
+def applies(root, mutation):
+    """True when the mutation's text occurs exactly once in its file under ``root``."""
+    with open(os.path.join(root, mutation.path), encoding="utf-8") as handle:
+        return handle.read().count(mutation.old) == 1
+
+
 def apply(copy_root, mutation):
-    """Apply one mutation in the copy; False when its text is not found exactly once."""
+    """Apply one mutation (its text occurs once, :func:`applies`) in the copy."""
     path = os.path.join(copy_root, mutation.path)
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    if text.count(mutation.old) != 1:
-        return False
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text.replace(mutation.old, mutation.new))
-    return True
 
 
 def run_tests(copy_root, tests, shared, timeout):
@@ -162,6 +165,11 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="nst_mutation_")
     try:
         for mutation in chosen:
+            if not applies(REPO, mutation):  # the copy would be identical: do not make it
+                rows.append((mutation, "NOT APPLIED (text not found in %s)" % mutation.path,
+                             0.0))
+                print("%-22s %s" % (mutation.name, rows[-1][1]), flush=True)
+                continue
             copy_root = os.path.join(work, mutation.name)
             shutil.copytree(REPO, copy_root, ignore=IGNORE)
             tic = time.time()
@@ -172,18 +180,16 @@ def main(argv=None):
                     print(rows[-1][1], flush=True)
                     shutil.rmtree(copy_root, ignore_errors=True)
                     continue
-            if not apply(copy_root, mutation):
-                verdict = "NOT APPLIED (text not found in %s)" % mutation.path
+            apply(copy_root, mutation)
+            code, failed = run_tests(copy_root, mutation.tests, args.shared, args.timeout)
+            if code is None:
+                verdict = "UNDECIDED (%s)" % failed
+            elif code == 0:
+                verdict = "NOT CAUGHT"
+            elif code == 5:
+                verdict = "NOT CAUGHT (no test collected)"
             else:
-                code, failed = run_tests(copy_root, mutation.tests, args.shared, args.timeout)
-                if code is None:
-                    verdict = "UNDECIDED (%s)" % failed
-                elif code == 0:
-                    verdict = "NOT CAUGHT"
-                elif code == 5:
-                    verdict = "NOT CAUGHT (no test collected)"
-                else:
-                    verdict = "caught by " + ", ".join("`%s`" % f for f in failed)
+                verdict = "caught by " + ", ".join("`%s`" % f for f in failed)
             rows.append((mutation, verdict, time.time() - tic))
             print("%-22s %s (%.0f s)" % (mutation.name, verdict, rows[-1][2]), flush=True)
             shutil.rmtree(copy_root, ignore_errors=True)

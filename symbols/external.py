@@ -64,7 +64,7 @@ import warnings
 import mxnet as mx
 from mxnet import gluon
 
-from nst.errors import NSTError
+from nst.errors import NSTError, first_line
 
 from .checkpoint_teacher import head_logits, input_transform, load_symbol_checkpoint
 
@@ -84,10 +84,6 @@ def is_external(name):
     """True for the names this module builds (``gluoncv:``, ``python:``, ``mxnet_checkpoint``)."""
     key = name.strip().lower() if isinstance(name, str) else ""
     return key == "mxnet_checkpoint" or key.startswith(("gluoncv:", "python:"))
-
-
-def _first_line(err):
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def _initialized(param):
@@ -265,7 +261,7 @@ class GraphNet(gluon.Block):
             _, shapes, _ = group.infer_shape(**{self._data_name: tuple(data_shape)})
         except Exception as err:  # MXNetError: the input does not fit the network
             raise NSTError("%s does not accept input of shape %s (%s); give another input size"
-                           % (self.model_name, tuple(data_shape), _first_line(err))) from err
+                           % (self.model_name, tuple(data_shape), first_line(err))) from err
         if shapes is None:
             raise NSTError("%s: the output shapes cannot be inferred from input shape %s"
                            % (self.model_name, tuple(data_shape)))
@@ -428,16 +424,23 @@ def _trace(block, data_name, label):
     except Exception as err:
         raise NSTError("%s cannot be traced into a symbolic graph (%s: %s); its hybrid_forward "
                        "must use only F.* operators so that it hybridizes"
-                       % (label, type(err).__name__, _first_line(err))) from err
+                       % (label, type(err).__name__, first_line(err))) from err
+
+
+def _graph_options(kwargs):
+    """The :class:`GraphNet` options every external network takes from its params."""
+    options = {k: kwargs.get(k) for k in ("logits", "input_mean", "input_std")}
+    options["data_name"] = kwargs.get("data_name") or "data"
+    return options
 
 
 def _graph(block, classes, features, label, kwargs):
-    symbol = _trace(block, kwargs.get("data_name") or "data", label)
+    options = _graph_options(kwargs)
+    symbol = _trace(block, options["data_name"], label)
     if isinstance(symbol, (list, tuple)):
         symbol = symbol[0]
     return GraphNet(symbol, source=block, features=features, classes=classes, model_name=label,
-                    data_name=kwargs.get("data_name") or "data",
-                    **{k: kwargs.get(k) for k in ("logits", "input_mean", "input_std")})
+                    **options)
 
 
 def import_block(path):
@@ -451,10 +454,10 @@ def import_block(path):
     except ModuleNotFoundError as err:
         raise NSTError("cannot import module %r for network python:%s (%s); put the folder "
                        "holding it on PYTHONPATH (the folder nst runs in is searched too)"
-                       % (module_name, path, _first_line(err))) from err
+                       % (module_name, path, first_line(err))) from err
     except Exception as err:  # SyntaxError, an exception at import time ...
         raise NSTError("importing module %r for network python:%s failed (%s: %s)"
-                       % (module_name, path, type(err).__name__, _first_line(err))) from err
+                       % (module_name, path, type(err).__name__, first_line(err))) from err
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -508,7 +511,7 @@ def _python_model(name, classes, features, kwargs):
         raise
     except Exception as err:
         raise NSTError("cannot build network python:%s with kwargs %s (%s: %s); fix params.kwargs"
-                       % (path, extra, type(err).__name__, _first_line(err))) from err
+                       % (path, extra, type(err).__name__, first_line(err))) from err
     if not isinstance(block, gluon.HybridBlock):
         raise NSTError("python:%s returned a %s, which is not a Gluon HybridBlock; a network "
                        "must be a mxnet.gluon.HybridBlock so that it can be traced into a graph"
@@ -542,15 +545,15 @@ def _zoo(model, pretrained, extra):
             return model_zoo.get_model(model, pretrained=pretrained, **extra)
     except ValueError as err:
         raise NSTError("gluoncv has no model %r (%s); see gluoncv.model_zoo.get_model_list()"
-                       % (model, _first_line(err))) from err
+                       % (model, first_line(err))) from err
     except TypeError as err:
         raise NSTError("gluoncv:%s does not accept kwargs %s (%s); fix params.kwargs"
-                       % (model, extra, _first_line(err))) from err
+                       % (model, extra, first_line(err))) from err
     except Exception as err:  # download failure (no network), hash mismatch ...
         raise NSTError("could not build GluonCV model %r with pretrained=%s (%s); its weights "
                        "are downloaded to ~/.mxnet/models on first use: run once on a machine "
                        "with internet access and copy that folder, or use pretrained: false"
-                       % (model, pretrained, _first_line(err))) from err
+                       % (model, pretrained, first_line(err))) from err
 
 
 def _logit_count(block, size=224):
@@ -599,8 +602,7 @@ def _checkpoint_model(name, classes, features, kwargs):
     symbol, values = load_symbol_checkpoint(prefix, 0 if epoch is None else epoch)
     label = "mxnet_checkpoint %s-%04d" % (prefix, int(epoch or 0))
     return GraphNet(symbol, values=values, features=features, model_name=label,
-                    data_name=kwargs.get("data_name") or "data",
-                    **{k: kwargs.get(k) for k in ("logits", "input_mean", "input_std")})
+                    **_graph_options(kwargs))
 
 
 def get_external_model(name, classes=None, features=None, **kwargs):

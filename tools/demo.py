@@ -111,13 +111,11 @@ def _train_images(results, key):
     ``data.train_limit``."""
     from train.data import load_digits_32
 
+    from train.checkpoint import read_manifest
+
     log = (results.get(key) or {}).get("log")
-    limit = None
-    path = os.path.join(os.path.dirname(log), "checkpoint.json") if log else None
-    if path and os.path.isfile(path):
-        import json
-        with open(path, "r", encoding="utf-8") as handle:
-            limit = (json.load(handle).get("config") or {}).get("data", {}).get("train_limit")
+    manifest = read_manifest(os.path.dirname(log)) if log else None
+    limit = ((manifest or {}).get("config") or {}).get("data", {}).get("train_limit")
     total = len(load_digits_32("train")[1])
     return min(total, limit) if limit else total
 
@@ -150,27 +148,21 @@ def run(args):
 
 def report(args, seeds, spec, by_seed, tic):
     """Table, reading, curves, t-SNE and demo.json/demo.md of finished demo runs."""
-    from train.report.curves import plot_mean_curves, read_history
+    from train.report.curves import plot_mean_curves, seed_histories
 
     summary = seed_summary("demo", {"digits": by_seed})["digits"]
     teacher_key = summary["teacher"]["key"]
     train_images = {"teacher": _train_images(by_seed[seeds[0]], teacher_key),
                     "student": _train_images(by_seed[seeds[0]], "student")}
-    test_images = next((r.get("teacher_eval", {}).get("images")
-                        for r in by_seed[seeds[0]].values() if r.get("teacher_eval")), None)
+    test_images = (summary["teacher"].get("check_before_distilling") or {}).get("images")
     reading = gap_reading(summary)
     text = format_seed_table("demo", {"digits": summary})
     paragraph = explain(reading, seeds, train_images, test_images)
 
     curves_png = os.path.join(args.out_root, "demo_digits_curves.png")
-    groups = {}
-    for row in spec["rows"]:
-        if row.get("role") == "teacher":
-            continue
-        logs = [by_seed[s][row["key"]]["log"] for s in seeds if by_seed[s].get(row["key"])]
-        groups[row["method"]] = [read_history(os.path.dirname(p)) for p in logs]
-    plot_mean_curves(groups, curves_png, title="digits, %d seeds: mean train (dashed) and test "
-                     "(solid) error, band ± 1 std" % len(seeds))
+    plot_mean_curves(seed_histories(spec["rows"], by_seed, teacher=False), curves_png,
+                     title="digits, %d seeds: mean train (dashed) and test (solid) error, "
+                     "band ± 1 std" % len(seeds))
     tsne_png = os.path.join(args.out_root, "demo_tsne.png")
     first = seeds[0]
     figure = make_tsne_figure(os.path.join(args.out_root, "teacher"),

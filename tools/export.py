@@ -27,9 +27,9 @@ import warnings
 
 import numpy as np
 
-from nst.errors import NSTError
+from nst.errors import NSTError, first_line
 
-from .features import read_run_config, spec_from_run
+from .features import checkpoint_params, read_run_config, spec_from_run
 
 __all__ = ["export_run", "input_shape", "add_arguments", "run", "FORMATS"]
 
@@ -51,16 +51,14 @@ def input_shape(cfg):
 def _student(spec):
     import symbols
 
-    params = dict(spec.params)
-    if str(spec.network).strip().lower().startswith("gluoncv:"):
-        params["pretrained"] = False  # the weights come from the run: no download
-    net = symbols.get_model(spec.network, classes=spec.classes, features=None, **params)
+    net = symbols.get_model(spec.network, classes=spec.classes, features=None,
+                            **checkpoint_params(spec))
     try:
         net.load_parameters(spec.checkpoint)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise NSTError("%s does not fit the run's student %s (%s); the run folder is damaged or "
-                       "its config changed" % (spec.checkpoint, spec.network, first)) from err
+                       "its config changed" % (spec.checkpoint, spec.network,
+                                               first_line(err))) from err
     return net
 
 
@@ -84,10 +82,9 @@ def _export_onnx(symbol_file, params_file, shape, path):
                              dynamic_input_shapes=[(None,) + tuple(shape)])
         onnx.checker.check_model(onnx.load(path))
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise NSTError("the ONNX conversion of %s failed (%s: %s); the MXNet files are fine and "
                        "load with gluon.SymbolBlock.imports" % (symbol_file, type(err).__name__,
-                                                                first)) from err
+                                                                first_line(err))) from err
     return path
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nst.errors import NSTError
+from nst.errors import NSTError, first_line
 from nst.io import read_json
 
 __all__ = ["ModelSpec", "read_run_config", "spec_from_run", "teacher_spec_from_run",
@@ -196,6 +196,15 @@ def teacher_spec_from_run(run, cfg=None):
 # Networks and features
 # ---------------------------------------------------------------------------
 
+def checkpoint_params(spec):
+    """``spec.params`` for building the network its checkpoint fills: a GluonCV model
+    without ``pretrained`` weights (they come from the checkpoint: no download)."""
+    params = dict(spec.params)
+    if str(spec.network).strip().lower().startswith("gluoncv:"):
+        params["pretrained"] = False
+    return params
+
+
 def load_network(spec, features, ctx=None):
     """Build ``spec.network`` returning ``(logits, *features)`` and load its checkpoint."""
     import mxnet as mx
@@ -205,15 +214,12 @@ def load_network(spec, features, ctx=None):
     if not spec.checkpoint or not os.path.isfile(spec.checkpoint):
         raise NSTError("checkpoint %s does not exist; give the .params file `nst train` wrote "
                        "(<run>/student.params) or the run folder" % spec.checkpoint)
-    params = dict(spec.params)
-    if str(spec.network).strip().lower().startswith("gluoncv:"):
-        params["pretrained"] = False  # the weights come from the checkpoint: no download
     net = symbols.get_model(spec.network, classes=spec.classes, features=list(features),
-                            **params)
+                            **checkpoint_params(spec))
     try:
         net.load_parameters(spec.checkpoint, ctx=ctx)
     except Exception as err:  # AssertionError / MXNetError on a mismatch
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        first = first_line(err)
         raise NSTError("checkpoint %s does not fit network %s %s with %s classes (%s); give "
                        "the network, width and classes it was trained with (a run folder "
                        "carries them)" % (spec.checkpoint, spec.network, spec.params or "",
@@ -461,16 +467,6 @@ def _shape_text(shape):
     return "x".join(str(d) for d in shape)
 
 
-def _network_params(assignments):
-    from train.config import parse_override, set_values
-
-    params = {}
-    for text in assignments or ():
-        keys, value = parse_override(text)
-        set_values(params, {".".join(keys): value})
-    return params
-
-
 def add_arguments(parser):
     parser.add_argument("network", help="a built-in network (e.g. inception_bn_small), "
                         "gluoncv:<model>, python:<module>:<class> or mxnet_checkpoint")
@@ -510,14 +506,16 @@ def _print_table(label, shape, table, logits):
 
 
 def run(args):
+    from train.config import apply_overrides
+
     shape = parse_input(args.input) if args.input else default_input(args.network)
-    _, table, logits = list_features(args.network, _network_params(args.param), shape,
+    _, table, logits = list_features(args.network, apply_overrides({}, args.param), shape,
                                      args.classes)
     _print_table(args.network, shape, table, logits)
     result = {"network": args.network, "input": list(shape),
               "features": [{"name": n, "shape": list(s)} for n, s in table]}
     if args.pair:
-        _, other, other_logits = list_features(args.pair, _network_params(args.pair_param),
+        _, other, other_logits = list_features(args.pair, apply_overrides({}, args.pair_param),
                                                shape, args.classes)
         print()
         _print_table(args.pair, shape, other, other_logits)

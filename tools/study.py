@@ -43,17 +43,12 @@ import sys
 import time
 
 from nst.errors import NSTError
-from nst.io import write_json, write_text
+from nst.io import read_json, write_json, write_text
 
 TABLE = "cifar10_subset"
 TOLERANCE = 0.5          # points of test error --verify accepts
 TSNE_ROWS = ("student", "kd_nst")
 CURVE_ROWS = ("student", "kd", "fitnet", "at", "nst_linear", "nst_poly", "nst_gaussian", "kd_nst")
-
-
-def _repo():
-    from train.report.tables import REPO
-    return REPO
 
 
 def nst_executable():
@@ -91,8 +86,8 @@ def _finished(folder):
 
 
 def _read_results(folder):
-    with open(os.path.join(folder, "results.json"), "r", encoding="utf-8") as handle:
-        return json.load(handle)
+    return read_json(os.path.join(folder, "results.json"), "results file",
+                     "delete it and rerun the row (its checkpoints are kept, so it resumes)")
 
 
 def _table_args(args):
@@ -239,8 +234,7 @@ def _add_time(study_dir, seconds, trained, args):
     path = os.path.join(study_dir, "study_time.json")
     record = {"seconds": 0.0, "invocations": []}
     if os.path.isfile(path):
-        with open(path, "r", encoding="utf-8") as handle:
-            record = json.load(handle)
+        record = read_json(path, "study timing", "delete it (the study's minutes restart at 0)")
     if trained:
         record["seconds"] += seconds
         record["invocations"].append({"seconds": seconds, "runs_trained": trained,
@@ -253,8 +247,7 @@ def _add_time(study_dir, seconds, trained, args):
 
 def _omp_threads():
     from nst.runtime import operator_threads
-    threads = operator_threads()
-    return threads[0] if isinstance(threads, (tuple, list)) else threads
+    return operator_threads()[0]
 
 
 def cpu_description():
@@ -322,8 +315,9 @@ def summarise_study(out_root, seeds, spec=None):
     timing_path = os.path.join(out_root, TABLE, "study_time.json")
     timing = None
     if os.path.isfile(timing_path):
-        with open(timing_path, "r", encoding="utf-8") as handle:
-            timing = json.load(handle)
+        timing = read_json(timing_path, "study timing", "delete it (the study's minutes "
+                           "restart at 0)")
+    last_invocation = ((timing or {}).get("invocations") or [None])[-1]
     complete = all(len(r["seeds"]) == len(seeds) for r in rows)
     return {
         "teacher": {"network": teacher_result.get("student"), "model": teacher_row.get("model"),
@@ -341,16 +335,15 @@ def summarise_study(out_root, seeds, spec=None):
                         and student["std"] else None},
         "minutes": None if timing is None else timing["seconds"] / 60.0,
         "cpu": cpu_description(),
-        "omp_threads": (timing or {}).get("invocations", [{}])[-1].get("omp_threads")
-        if timing and timing.get("invocations") else _omp_threads(),
-        "jobs": (timing or {}).get("invocations", [{}])[-1].get("jobs")
-        if timing and timing.get("invocations") else None,
+        "omp_threads": last_invocation.get("omp_threads") if last_invocation
+        else _omp_threads(),
+        "jobs": last_invocation.get("jobs") if last_invocation else None,
         "data": {"dataset": "cifar10", "root": (config.get("data") or {}).get("root"),
                  "train_images": _dataset_size(config, "train"),
                  "train_images_per_epoch": _train_images(run_folder(out_root, students[0],
                                                                     seeds[0], spec)),
-                 "test_images": (teacher_result.get("teacher_eval") or {}).get("images")
-                 or _test_images(by_seed)},
+                 "test_images": ((summary["teacher"] or {}).get("check_before_distilling")
+                                 or {}).get("images")},
         "metric": "test top-1 error (%) after the last epoch",
         "batch_size": (config.get("data") or {}).get("batch_size"),
         "configs": "configs/study/cifar10_subset/ and the table cifar10_subset of "
@@ -372,29 +365,14 @@ def _dataset_size(config, split):
     return min(count, limit) if limit else count
 
 
-def _test_images(by_seed):
-    for results in by_seed.values():
-        for result in results.values():
-            images = (result.get("teacher_eval") or {}).get("images")
-            if images:
-                return images
-    return None
-
-
 def _run_config(folder):
-    path = os.path.join(folder, "checkpoint.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, "r", encoding="utf-8") as handle:
-        return json.load(handle).get("config") or {}
+    from train.checkpoint import read_manifest
+    return (read_manifest(folder) or {}).get("config") or {}
 
 
 def _train_images(folder):
-    path = os.path.join(folder, "log.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, "r", encoding="utf-8") as handle:
-        history = json.load(handle)
+    from train.runlog import read_log
+    history = read_log(folder)
     return history[0].get("train_images") if history else None
 
 
@@ -503,8 +481,7 @@ def record_results(args, log=print):
         if code == 0:
             shutil.copyfile(os.path.join(work, "tsne.png"), tsne_png)
             record["figures"]["tsne"] = os.path.basename(tsne_png)
-            with open(tsne_json, "r", encoding="utf-8") as handle:
-                tsne = json.load(handle)
+            tsne = read_json(tsne_json, "t-SNE record", "see %s/figures.log" % work)
             record["tsne"] = {"seed": str(seeds[0]), "images": tsne["settings"]["images"],
                               "kernel": tsne["settings"]["kernel"],
                               "panels": [{"label": p["label"], "mmd2": p["mmd2"],
@@ -515,8 +492,9 @@ def record_results(args, log=print):
     json_path = os.path.join(args.results, TABLE + ".json")
     write_json(json_path, record)
     md_path = os.path.join(args.results, TABLE + ".md")
-    write_text(md_path, format_record(record))
-    log(format_record(record))
+    text = format_record(record)
+    write_text(md_path, text)
+    log(text)
     log("written: %s, %s%s" % (json_path, md_path, "".join(
         ", " + os.path.join(args.results, f) for f in record["figures"].values())))
     return 0
@@ -536,8 +514,8 @@ def verify(args, log=print):
     if not os.path.isfile(args.results_json):
         raise NSTError("no recorded study at %s; run scripts/cifar_subset_study.sh first or "
                        "give --results-json" % args.results_json)
-    with open(args.results_json, "r", encoding="utf-8") as handle:
-        record = json.load(handle)
+    record = read_json(args.results_json, "recorded study", "restore it from git or rerun "
+                       "scripts/cifar_subset_study.sh")
     recorded_row = next((r for r in record["rows"] if r.get("key") == row["key"]
                          or r["name"] == row["method"]), None)
     seed = int(args.seed)

@@ -58,6 +58,9 @@ def run_epochs(runner, start_epoch, start_step, sums, history, epochs):
     returns an epoch's log record (None when a stop signal checkpointed mid-epoch);
     after each epoch the log is written, then ``runner._save(epoch + 1, 0, None)``.
     Returns the history, or None when stopped."""
+    # fixed for the life of the process (MXNet reads it at start-up); every epoch's
+    # record carries it, since a resumed run -- a new process -- may run on another machine
+    runtime = runtime_info()
     with stop_requests(runner):
         for epoch in range(start_epoch, epochs):
             first = epoch == start_epoch
@@ -65,7 +68,6 @@ def run_epochs(runner, start_epoch, start_step, sums, history, epochs):
                                          sums if first else None)
             if record is None:  # stopped by a signal: the checkpoint is written
                 return None
-            runtime = runtime_info()  # per epoch: a resumed run may run on another machine
             record["engine"], record["omp_threads"] = runtime["engine"], runtime["omp_threads"]
             history.append(record)
             write_log(runner.out, history)

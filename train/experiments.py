@@ -231,7 +231,7 @@ def seed_summary(name, by_seed, datasets=None):
 def write_seed_outputs(name, by_seed, out_root, datasets=None, quick=False):
     """``<out_root>/<name>_seeds.md`` / ``.json`` (per-seed values, mean ± std, paired
     differences) and ``<name>_<dataset>_seeds_curves.png`` (mean over seeds with a band)."""
-    from train.report.curves import plot_mean_curves, read_history  # imported on use
+    from train.report.curves import plot_mean_curves, seed_histories  # imported on use
 
     summary = seed_summary(name, by_seed, datasets)
     text = format_seed_table(name, summary, quick)
@@ -240,14 +240,7 @@ def write_seed_outputs(name, by_seed, out_root, datasets=None, quick=False):
                {"table": name, "summary": summary, "runs": by_seed})
     spec = table_spec(name)
     for ds, runs in by_seed.items():
-        groups = {}
-        for row in spec["rows"]:
-            logs = [r[row["key"]]["log"] for _, r in sorted(runs.items())
-                    if r.get(row["key"]) and os.path.exists(r[row["key"]].get("log", ""))]
-            if row.get("role") == "teacher":
-                logs = logs[:1]
-            if logs:
-                groups[row["method"]] = [read_history(os.path.dirname(p)) for p in logs]
+        groups = seed_histories(spec["rows"], runs)
         if groups:
             plot_mean_curves(groups, os.path.join(out_root, "%s_%s_seeds_curves.png" % (name, ds)),
                              title="%s on %s, mean over seeds: train (dashed), test (solid)"

@@ -403,7 +403,7 @@ class Distiller:
         checkpoints and every worker's exported student agree exactly.
         """
         params = [p for _, p in sorted(self.student._collect_params_with_prefix().items())]
-        distributed = isinstance(self.kv, mx.kv.KVStore) and self.num_workers > 1
+        distributed = self._distributed()
         for index, param in enumerate(params):
             copies = param.list_data()
             if len(copies) == 1 and not distributed:
@@ -411,12 +411,7 @@ class Distiller:
             mean = mx.nd.add_n(*[c.as_in_context(copies[0].context) for c in copies])
             scale = 1.0 / len(copies)
             if distributed:
-                key = _SYNC_KEY_BASE + index
-                if key not in self._sync_keys:
-                    self.kv.init(key, mx.nd.zeros_like(mean))
-                    self._sync_keys.add(key)
-                self.kv.push(key, mean)
-                self.kv.pull(key, out=mean)
+                self._sum_over_workers(_SYNC_KEY_BASE + index, mean)
                 scale /= self.num_workers
             mean *= scale
             # In place, not ``param.set_data``: set_data resets the trainer's
@@ -707,17 +702,26 @@ class Distiller:
         return ckpt.machine_state(len(self.ctx), self.ctx[0].device_type, self.num_workers,
                                   self.global_batch, self.steps_per_epoch)
 
+    def _distributed(self):
+        """True under ``dist_sync`` with several workers."""
+        return isinstance(self.kv, mx.kv.KVStore) and self.num_workers > 1
+
+    def _sum_over_workers(self, key, array):
+        """Replace ``array`` by its sum over the ``dist_sync`` workers (kvstore ``key``,
+        initialised on first use)."""
+        if key not in self._sync_keys:
+            self.kv.init(key, mx.nd.zeros_like(array))
+            self._sync_keys.add(key)
+        self.kv.push(key, array)
+        self.kv.pull(key, out=array)
+
     def _agree(self, flag):
         """Under ``dist_sync``, True on every worker when it is True on any (the
         workers' clocks differ, their checkpoints must not); otherwise ``flag``."""
-        if not (isinstance(self.kv, mx.kv.KVStore) and self.num_workers > 1):
+        if not self._distributed():
             return flag
         value = mx.nd.array([1.0 if flag else 0.0])
-        if _CLOCK_KEY not in self._sync_keys:
-            self.kv.init(_CLOCK_KEY, mx.nd.zeros((1,)))
-            self._sync_keys.add(_CLOCK_KEY)
-        self.kv.push(_CLOCK_KEY, value)
-        self.kv.pull(_CLOCK_KEY, out=value)
+        self._sum_over_workers(_CLOCK_KEY, value)
         return bool(value.asscalar() > 0)
 
     def _finish(self, history):

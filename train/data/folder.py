@@ -51,12 +51,11 @@ import numpy as np
 
 from nst.errors import NSTError
 from .recordio import ASPECT_RATIO, COLOR_JITTER, INTERPOLATION, MEAN_RGB, PCA_NOISE, \
-    RANDOM_AREA, STD_RGB
+    RANDOM_AREA, STD_RGB, _first_line, image_sizes
 
 __all__ = ["OPTIONS", "folder_source", "list_folder", "split_items", "FolderSamples",
-           "FolderBatches", "crop_box", "CLASSES_FILE"]
+           "FolderBatches", "crop_box"]
 
-CLASSES_FILE = "classes.txt"
 #: data.folder options and their defaults
 OPTIONS = {"val_fraction": 0.1, "split_seed": 0, "corrupt": "error"}
 _CORRUPT = ("error", "skip")
@@ -155,12 +154,9 @@ def decode(path):
             raise ValueError("the file is empty")
         return mx.image.imdecode(raw, flag=1)
     except Exception as err:  # OSError, MXNetError ("Decoding failed"), ValueError
-        detail = (str(err).strip().splitlines() or [type(err).__name__])
-        detail = next((line for line in detail if "Check failed" in line or "rror" in line),
-                      detail[-1]).strip()[:200]
         raise NSTError("cannot read image %s (%s); remove or replace it, or set "
                        "data.folder.corrupt: skip to leave unreadable images out"
-                       % (path, detail)) from None
+                       % (path, _first_line(err, limit=200))) from None
 
 
 def crop_box(height, width, rng, area=RANDOM_AREA, ratio=ASPECT_RATIO, attempts=10):
@@ -237,6 +233,7 @@ class FolderSamples:
         self.val_resize = int(val_resize)
         self.seed = int(seed)
         self._finish = None
+        self._centre = None
 
     def __len__(self):
         return len(self.items)
@@ -249,16 +246,22 @@ class FolderSamples:
                 transforms.Normalize([m / 255.0 for m in MEAN_RGB], [s / 255.0 for s in STD_RGB])])
         return self._finish(image)
 
+    def _centre_crop(self, image):
+        """Validation: shorter side to ``val_resize``, centre ``size`` x ``size`` crop."""
+        if self._centre is None:  # built once per process, as _to_tensor's
+            from mxnet.gluon.data.vision import transforms
+            self._centre = (transforms.Resize(self.val_resize, keep_ratio=True,
+                                              interpolation=INTERPOLATION),
+                            transforms.CenterCrop(self.size, interpolation=INTERPOLATION))
+        resize, crop = self._centre
+        return crop(resize(image))
+
     def transform(self, image, epoch, index):
         """``image`` (uint8 NDArray HWC) -> normalised float32 NDArray (3, S, S)."""
         import mxnet as mx
 
         if not self.augment:
-            from mxnet.gluon.data.vision import transforms
-            image = transforms.Resize(self.val_resize, keep_ratio=True,
-                                      interpolation=INTERPOLATION)(image)
-            image = transforms.CenterCrop(self.size, interpolation=INTERPOLATION)(image)
-            return self._to_tensor(image)
+            return self._to_tensor(self._centre_crop(image))
         rng = np.random.default_rng([self.seed, int(epoch), 2, int(index)])
         x0, y0, w, h = crop_box(image.shape[0], image.shape[1], rng)
         image = mx.image.fixed_crop(image, x0, y0, w, h, size=(self.size, self.size),
@@ -383,8 +386,6 @@ def folder_source(dcfg, seed, local_batch, rank=0, num_workers=1):
 
     opts = _options(dcfg)
     root = dcfg["root"]
-    from .recordio import image_sizes
-
     size, resize = image_sizes(dcfg)
     split_dirs = [os.path.join(root, s) for s in ("train", "val")]
     if all(os.path.isdir(d) for d in split_dirs):

@@ -229,12 +229,14 @@ def part_range(count, part_index, num_parts):
     return begin, min(begin + step, count)
 
 
-def _first_line(err):
+def _first_line(err, limit=300):
+    """The telling line of an MXNet error (its first "Check failed" or error line; the
+    message starts with a traceback of C++ frames), else its last line, cut to ``limit``."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:  # MXNet errors start with a traceback of C++ frames
+    for line in lines:
         if "Check failed" in line or "error" in line.lower() and "Traceback" not in line:
-            return line[:300]
-    return (lines[-1] if lines else type(err).__name__)[:300]
+            return line[:limit]
+    return (lines[-1] if lines else type(err).__name__)[:limit]
 
 
 # ------------------------------------------------------------------ iterators

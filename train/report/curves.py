@@ -20,7 +20,7 @@ from nst.errors import NSTError  # noqa: E402
 from nst.io import atomic_path, read_json  # noqa: E402
 
 __all__ = ["finish_error_plot", "mean_curves", "plot_error_curves", "plot_mean_curves",
-           "read_history"]
+           "read_history", "seed_histories"]
 
 
 def read_history(run):
@@ -44,6 +44,28 @@ def read_history(run):
     return history
 
 
+
+
+def seed_histories(rows, runs, teacher=True):
+    """``{method: [history per seed]}`` of a table's finished rows, for
+    :func:`plot_mean_curves`.
+
+    ``rows``: the table's rows; ``runs``: ``{seed: {row key: results}}`` (each
+    results dict names its ``log``).  Seeds are taken in sorted order; the teacher
+    row, trained once for all seeds, gives one history (none with
+    ``teacher=False``); a row with no finished run is left out.
+    """
+    groups = {}
+    for row in rows:
+        if row.get("role") == "teacher" and not teacher:
+            continue
+        logs = [r[row["key"]]["log"] for _, r in sorted(runs.items())
+                if r.get(row["key"]) and os.path.exists(r[row["key"]].get("log", ""))]
+        if row.get("role") == "teacher":
+            logs = logs[:1]
+        if logs:
+            groups[row["method"]] = [read_history(os.path.dirname(p)) for p in logs]
+    return groups
 
 
 def plot_error_curves(runs, path, title=None, metric="top1_err", size=(7.0, 4.5), dpi=100):
